@@ -1,0 +1,232 @@
+"""One typed config for the whole workflow: YAML file + repeatable `--set a.b=c` overrides.
+
+Every section forbids unknown keys, so a typo fails loudly (exit 2) instead of being ignored.
+Each stage's fingerprint is computed from the sections it declares (see workflow.Stage).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RayConfig(Section):
+    address: str | None = None  # a cluster to join; else RAY_ADDRESS; else a new local cluster
+    num_cpus: int | None = Field(None, ge=1)  # local cluster only; None = all cores
+    object_store_memory_mb: int | None = Field(None, ge=75)  # local cluster only
+    include_dashboard: bool = False  # local cluster only; binds 127.0.0.1 when on
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = None  # else MLFLOW_TRACKING_URI; else sqlite:///<workspace>/mlflow.db
+    experiment: str = "gpt2"
+    registered_model: str = "gpt2"
+
+
+class CorpusConfig(Section):
+    inputs: list[str] = Field(default_factory=list)  # paths, globs or URIs; `demo:pydoc` builds one
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(32000, ge=300)
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    sample_docs: int = Field(200_000, ge=1)  # documents sampled from the corpus to train on
+    seed: int = 0
+
+
+class ShardsConfig(Section):
+    val_fraction: float = Field(0.005, ge=0.0, lt=1.0)
+    shard_tokens: int = Field(100_000_000, ge=1000)  # target tokens per shard file
+
+
+class ModelConfig(Section):
+    preset: Literal["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"] = "gpt2"
+    # Overrides of the preset; None keeps the preset's value.
+    n_layer: int | None = Field(None, ge=1)
+    n_head: int | None = Field(None, ge=1)
+    n_embd: int | None = Field(None, ge=1)
+    block_size: int | None = Field(None, ge=8)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation_checkpointing: bool = False
+    compile: bool = False
+
+
+class LoopConfig(Section):
+    """What pretraining and fine-tuning share: one training loop, one set of knobs."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it
+    micro_batch_size: int = Field(8, ge=1)  # sequences per worker per forward pass
+    global_batch_size: int = Field(32, ge=1)  # sequences per optimizer step, all workers
+    max_steps: int = Field(1000, ge=1)
+    lr: float = Field(6e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = Field(1.0, ge=0)
+    eval_interval: int = Field(100, ge=1)
+    eval_batches: int = Field(20, ge=1)
+    log_interval: int = Field(10, ge=1)
+    checkpoint_interval: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(3, ge=-1)  # -1: retry forever
+    seed: int = 1337
+    run_name: str | None = None  # stable name => a resubmitted job resumes; default from fingerprint
+    init_from: str | None = None  # models:/name@alias, models:/name/version, a model dir, an HF dir
+
+    @model_validator(mode="after")
+    def _batch_divides(self):
+        per_step = self.micro_batch_size * self.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of "
+                f"micro_batch_size*num_workers={per_step}"
+            )
+        return self
+
+
+class TrainConfig(LoopConfig):
+    shards: str | None = None  # a shards directory; default: the pipeline's `shards` output
+
+
+class FinetuneConfig(LoopConfig):
+    enabled: bool = True
+    data: str | None = None  # text file or JSONL prompt/completion file
+
+
+class GenerateConfig(Section):
+    prompts: str | None = None  # JSONL, Parquet or text file
+    model_uri: str | None = None  # default models:/<registered_model>@champion
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    num_actors: int = Field(2, ge=1)
+
+
+class RefreshConfig(Section):
+    lock_stale_seconds: int = Field(6 * 3600, ge=1)
+
+
+class Config(Section):
+    workspace: str = "./workspace"
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    refresh: RefreshConfig = Field(default_factory=RefreshConfig)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML (optional), apply `a.b=c` overrides (values parsed as YAML), validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    set_keys = set()
+    for item in overrides:
+        key, value = _parse_override(item)
+        _check_key(key)
+        _set_dotted(raw, key, value)
+        set_keys.add(key)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_describe(exc, path, set_keys)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not YAML: keep the raw string and let validation judge it
+    return key, value
+
+
+def _check_key(dotted: str) -> None:
+    """Fail on a key that no section has, with the closest real key as a hint."""
+    model: type[BaseModel] | None = Config
+    walked: list[str] = []
+    for part in dotted.split("."):
+        walked.append(part)
+        if model is None:
+            raise UserError(f"config key {dotted!r}: {'.'.join(walked[:-1])!r} has no sub-keys")
+        fields = model.model_fields
+        if part not in fields:
+            hint = difflib.get_close_matches(part, list(fields), n=1)
+            also = f" (did you mean {'.'.join([*walked[:-1], hint[0]])!r}?)" if hint else ""
+            raise UserError(f"config key {'.'.join(walked)!r} is unknown{also}")
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(exc: ValidationError, path: str | Path | None, set_keys: set[str]) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    where = " (from --set)" if key in set_keys else f" in {path}" if path else ""
+    if err["type"] == "extra_forbidden":
+        return f"config key {key!r}{where} is unknown"
+    got = err.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"config key {key!r}{where}: {err['msg']}{got_text}{more}"
+
+
+def section_dict(cfg: Config, name: str) -> dict[str, Any]:
+    return cfg.section(name).model_dump(mode="json")

@@ -1,0 +1,38 @@
+"""Ray in one place: join the cluster named by config or RAY_ADDRESS, else start a local one.
+
+`ray job submit` sets RAY_ADDRESS, so a submitted job joins its cluster; a plain `python jobs/X.py`
+starts a private local cluster (address="local", so it never attaches to somebody else's
+`ray start` by accident) with the dashboard, when on, bound to loopback.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pipelines.config import Config
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    common = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    if address:
+        ray.init(address=address, **common)
+        return
+    ray.init(
+        address="local",
+        num_cpus=cfg.ray.num_cpus,
+        object_store_memory=(cfg.ray.object_store_memory_mb or 0) * 2**20 or None,
+        include_dashboard=cfg.ray.include_dashboard,
+        dashboard_host="127.0.0.1",
+        **common,
+    )
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0))
