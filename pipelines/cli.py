@@ -6,8 +6,10 @@ User errors end with exit code 2 and one line on stderr; bugs keep their traceba
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError
@@ -59,13 +61,22 @@ def _user_error_cause(exc: BaseException) -> UserError | None:
     return None
 
 
-def pipeline_main(argv: Sequence[str] | None = None, only: str | None = None, description: str = "") -> int:
-    """`jobs/pipeline.py`, and with `only` set, the single-stage job of that stage."""
-    from pipelines.stages import pipeline_stages
-    from pipelines.workflow import Runner
+# The single-stage jobs: jobs/<job>.py runs `pipeline_main(only=<stage>)`.
+STAGE_JOBS = {
+    "prepare_corpus": "corpus",
+    "train_tokenizer": "tokenizer",
+    "build_shards": "shards",
+    "pretrain": "pretrain",
+    "finetune": "finetune",
+    "generate": "generate",
+}
+JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 
-    prog = f"jobs/{'pipeline' if only is None else only}.py"
-    parser = base_parser(prog, description or "Run the workflow: corpus -> ... -> generate.")
+
+def pipeline_parser(only: str | None = None, description: str = "") -> argparse.ArgumentParser:
+    """The command line of `jobs/pipeline.py`, or with `only`, of that stage's single-stage job."""
+    job = "pipeline" if only is None else next((j for j, s in STAGE_JOBS.items() if s == only), only)
+    parser = base_parser(f"jobs/{job}.py", description or "Run the workflow: corpus -> ... -> generate.")
     if only is None:
         parser.add_argument("--stages", help="comma-separated stages to run (default: all)")
         parser.add_argument(
@@ -81,7 +92,37 @@ def pipeline_main(argv: Sequence[str] | None = None, only: str | None = None, de
     else:
         parser.add_argument("--force", action="store_true", help="rerun even if up to date")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and what is up to date")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def job_parser(job: str) -> argparse.ArgumentParser:
+    """The parser of `jobs/<job>.py`, built without running the job (tests check the commands that
+    infra/ manifests run). A job that is not a pipeline stage defines a module-level `build_parser()`."""
+    if job == "pipeline":
+        return pipeline_parser()
+    if job in STAGE_JOBS:
+        return pipeline_parser(STAGE_JOBS[job])
+    path = JOBS_DIR / f"{job}.py"
+    if not path.is_file():
+        raise UserError(f"job {job!r}: no file jobs/{job}.py")
+    spec = importlib.util.spec_from_file_location(f"_job_{job}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(JOBS_DIR))  # job files `import _path`, which lives next to them
+    try:
+        spec.loader.exec_module(module)  # defines the job; runs nothing (`__name__` is not "__main__")
+    finally:
+        sys.path.remove(str(JOBS_DIR))
+    if not callable(getattr(module, "build_parser", None)):
+        raise UserError(f"jobs/{job}.py defines no build_parser() returning its argument parser")
+    return module.build_parser()
+
+
+def pipeline_main(argv: Sequence[str] | None = None, only: str | None = None, description: str = "") -> int:
+    """`jobs/pipeline.py`, and with `only` set, the single-stage job of that stage."""
+    from pipelines.stages import pipeline_stages
+    from pipelines.workflow import Runner
+
+    args = pipeline_parser(only, description).parse_args(argv)
 
     def main() -> int:
         cfg = config_from(args)
@@ -89,12 +130,30 @@ def pipeline_main(argv: Sequence[str] | None = None, only: str | None = None, de
         if only is None:
             selected = _names(args.stages)
             force = _names(",".join(args.force))
-            runner.run(selected, args.from_stage, force, dry_run=args.dry_run)
+            steps = runner.run(selected, args.from_stage, force, dry_run=args.dry_run)
+            if not args.dry_run:
+                print(outputs_summary(runner, steps))
         else:
             runner.run([only], None, [only] if args.force else [], dry_run=args.dry_run)
         return 0
 
     return user_errors(main)
+
+
+def outputs_summary(runner, steps) -> str:
+    """Where a pipeline run's outputs are, and how to look at its MLflow runs and models."""
+    from pipelines.tracking import resolve_tracking_uri
+
+    lines = ["", "outputs:"]
+    for step in steps:
+        if step.action != "-":
+            lines.append(f"  {step.stage.name:<10} {runner.ws.full_uri(step.out)}")
+    uri = resolve_tracking_uri(runner.cfg, runner.ws)
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow: open {uri} (experiment {runner.cfg.mlflow.experiment!r})")
+    else:
+        lines.append(f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+    return "\n".join(lines)
 
 
 def _names(text: str | None) -> list[str]:

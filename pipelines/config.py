@@ -35,18 +35,58 @@ class MlflowConfig(Section):
 
 class CorpusConfig(Section):
     inputs: list[str] = Field(default_factory=list)  # paths, globs or URIs; `demo:pydoc` builds one
+    # Reading
+    text_field: str = "text"  # JSONL/Parquet field with the document text
+    id_field: str | None = "id"  # JSONL/Parquet field with a record id (stable doc ids); else position
+    url_field: str | None = "url"  # JSONL/Parquet field with the page URL
+    max_doc_bytes: int = Field(2_000_000, ge=1024)  # larger raw documents are rejected (too_large)
+    # Extraction and normalisation
+    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"  # resiliparse: ~20x faster
+    extract_timeout_s: float = Field(5.0, ge=0)  # per-document limit; 0 = none
+    max_replacement_ratio: float = Field(0.001, ge=0, le=1)  # U+FFFD per char above this: invalid_utf8
+    # Language: keep these fastText lid.176 codes at or above the score ([] keeps every language)
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    min_lang_score: float = Field(0.65, ge=0, le=1)
+    # Quality filters, applied in this order (gopher_repetition, gopher_quality, c4, length) with the
+    # published defaults of pipelines/corpus/filters.py, overridden per filter by filter_params,
+    # e.g. {c4: {filter_curly_bracket: false}, length: {min_chars: 500}}
+    filters: list[str] = Field(
+        default_factory=lambda: ["gopher_repetition", "gopher_quality", "c4", "length"]
+    )
+    filter_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    pii_redaction: bool = False  # replace e-mail and IP addresses with placeholders
+    # Dedup: exact on the normalised text, fuzzy by MinHash LSH over word n-grams
+    exact_dedup: bool = True
+    fuzzy_dedup: bool = True
+    ngram: int = Field(5, ge=1)
+    bands: int = Field(14, ge=1)
+    rows: int = Field(8, ge=1)  # bands x rows permutations (FineWeb: 14 x 8)
+    similarity_threshold: float = Field(0.75, ge=0, le=1)  # candidate pairs merge only at or above
+    minhash_seed: int = 1
+    partitions: int = Field(8, ge=1, le=1024)  # hash partitions of the dedup shuffles and of index/
+    batch_docs: int = Field(64, ge=1)  # documents per Ray Data batch
+
+    @model_validator(mode="after")
+    def _known_filters(self):
+        from pipelines.corpus.filters import make_filters  # stdlib-only module: cheap to import
+
+        make_filters(self.filters, self.filter_params)  # ValueError names the unknown filter or key
+        return self
 
 
 class TokenizerConfig(Section):
-    vocab_size: int = Field(32000, ge=300)
+    vocab_size: int = Field(32000, ge=300)  # includes 256 byte pieces and the special pieces
     model_type: Literal["bpe", "unigram"] = "bpe"
     sample_docs: int = Field(200_000, ge=1)  # documents sampled from the corpus to train on
-    seed: int = 0
+    seed: int = 0  # picks the sample: same corpus + seed => same sample => same tokenizer
+    # Share of characters that get their own piece; rarer ones are written as UTF-8 byte pieces
+    character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
 
 
 class ShardsConfig(Section):
-    val_fraction: float = Field(0.005, ge=0.0, lt=1.0)
+    val_fraction: float = Field(0.005, ge=0.0, lt=1.0)  # by a stable hash of the document id
     shard_tokens: int = Field(100_000_000, ge=1000)  # target tokens per shard file
+    num_actors: int | None = Field(None, ge=1)  # tokenizer actors; None = one per cluster CPU
 
 
 class ModelConfig(Section):
@@ -107,23 +147,53 @@ class TrainConfig(LoopConfig):
 
 
 class FinetuneConfig(LoopConfig):
+    """init_from (LoopConfig): models:/name@alias, models:/name/version, a models/<run>/ directory or a
+    Hugging Face GPT-2 directory; None = the pipeline's own `pretrain` output."""
+
     enabled: bool = True
-    data: str | None = None  # text file or JSONL prompt/completion file
+    # A JSONL prompt/completion file (*.jsonl; loss on the completion only), a text file (continued
+    # pretraining), `demo:corpus-pairs` (pairs made from the pipeline's corpus), or None = the
+    # pipeline's shards (continued pretraining, as `train` reads them)
+    data: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # pairs: by a stable hash of the pair; text: the tail
+    demo_pairs: int = Field(2000, ge=10)  # demo:corpus-pairs: at most this many pairs
+    lora_rank: int = Field(0, ge=0)  # > 0: train only LoRA adapters of this rank (merged on export)
+    lora_alpha: float = Field(16.0, gt=0)  # adapter output scale = lora_alpha / lora_rank
+    early_stop_patience: int = Field(0, ge=0)  # evaluations without a better val loss; 0 = never stop
+
+    @model_validator(mode="after")
+    def _lora_zero(self):
+        if self.lora_rank and self.zero_stage == 3:
+            raise ValueError(
+                "lora_rank > 0 needs zero_stage 0, 1 or 2 (ZeRO-3 partitions the frozen weights)"
+            )
+        return self
 
 
 class GenerateConfig(Section):
-    prompts: str | None = None  # JSONL, Parquet or text file
-    model_uri: str | None = None  # default models:/<registered_model>@champion
+    prompts: str | None = None  # JSONL/Parquet (prompt_field, id_field) or text (a prompt a line)
+    prompt_field: str = "prompt"
+    id_field: str | None = "id"  # a record's prompt id; else its position in the file
+    model_uri: str | None = None  # default models:/<registered_model>@champion, resolved to its version
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.8, ge=0)
+    temperature: float = Field(0.8, ge=0)  # 0 = greedy
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int = 0
-    num_actors: int = Field(2, ge=1)
+    seed: int = 0  # with the same prompts and settings, the same output (any actor count)
+    num_actors: int = Field(2, ge=1)  # Ray Data actors, each loads the model once
+    cpus_per_actor: float = Field(1, gt=0)
+    batch_size: int = Field(16, ge=1)  # prompts per generate() call (and per seeded chunk)
+    # Prompts longer than block_size - max_new_tokens tokens: keep their last tokens, or reject them
+    long_prompts: Literal["truncate", "reject"] = "truncate"
 
 
 class RefreshConfig(Section):
-    lock_stale_seconds: int = Field(6 * 3600, ge=1)
+    # The corpus version to refresh (its 12-hex id, or corpus/<id>); default: the newest version of
+    # the lineage, i.e. built with the same corpus settings apart from corpus.inputs.
+    parent: str | None = None
+    # A lock whose holder's heartbeat (rewritten every min(30 s, this / 4) while it runs) is older
+    # than this is stale and taken over; a holder on this host that is no longer running, at once.
+    lock_stale_seconds: int = Field(900, ge=1)
 
 
 class Config(Section):

@@ -44,16 +44,16 @@ def sha256_file(ws: Workspace, rel: str, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def file_entry(ws: Workspace, rel: str) -> dict[str, Any]:
+    """A manifest's record of one file: {bytes, sha256}."""
+    return {"bytes": ws.fs.get_file_info(ws.path(rel)).size, "sha256": sha256_file(ws, rel)}
+
+
 def checksum_files(ws: Workspace, out_dir: str) -> dict[str, dict[str, Any]]:
     """{relative path: {bytes, sha256}} for every file under out_dir except the manifest."""
-    files = {}
-    for rel in ws.list_files(out_dir):
-        if rel == MANIFEST:
-            continue
-        full = posixpath.join(out_dir, rel)
-        size = ws.fs.get_file_info(ws.path(full)).size
-        files[rel] = {"bytes": size, "sha256": sha256_file(ws, full)}
-    return files
+    return {
+        rel: file_entry(ws, posixpath.join(out_dir, rel)) for rel in ws.list_files(out_dir) if rel != MANIFEST
+    }
 
 
 def read_manifest(ws: Workspace, out_dir: str) -> dict[str, Any] | None:

@@ -18,7 +18,19 @@ from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.workspace import Workspace
 
-_SECRET_KEY = re.compile(r"(passw|secret|token|credential|api[_-]?key|access[_-]?key|private[_-]?key)", re.I)
+# A name (env var, config key or dict key) that holds a credential. "token" counts only as the whole
+# last word, so `tokenizer.vocab_size` or `max_new_tokens` are not taken for secrets.
+_SECRET_KEY = re.compile(
+    r"passw|secret|credential|(^|[_.-])(token|api[_-]?key|access[_-]?key|private[_-]?key|connection[_-]?string)$",
+    re.I,
+)
+# Credentials that travel inside values: `scheme://user:PASSWORD@host` and signed-URL query parameters.
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):([^/\s@]+)@")
+_URL_SIGNATURE = re.compile(
+    r"([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|sig|signature|"
+    r"token|access_token|api_key)=)[^&#\s\"']+",
+    re.I,
+)
 MAX_PARAM_CHARS = 6000
 REDACTED = "***"
 
@@ -62,24 +74,49 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def is_secret_name(name: str) -> bool:
+    """True for a name (environment variable, config or dict key) that holds a credential."""
+    return bool(_SECRET_KEY.search(name))
+
+
 def _secret_values() -> list[str]:
-    """Values of environment variables that look like credentials (never logged anywhere)."""
-    return [v for k, v in os.environ.items() if _SECRET_KEY.search(k) and len(v) >= 6]
+    """Values of environment variables that look like credentials (never logged anywhere), longest
+    first so that a secret containing another is replaced whole."""
+    values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 6}
+    return sorted(values, key=len, reverse=True)
 
 
-def redact(value: str) -> str:
-    for secret in _secret_values():
+def redact(value: str, secrets: list[str] | None = None) -> str:
+    """`value` without credentials: env secrets, URL passwords and URL signatures become ***."""
+    for secret in _secret_values() if secrets is None else secrets:
         value = value.replace(secret, REDACTED)
-    return value
+    value = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", value)
+    return _URL_SIGNATURE.sub(rf"\1{REDACTED}", value)
+
+
+def redact_tree(tree: Any, secrets: list[str] | None = None, masked: bool = False) -> Any:
+    """A copy of a JSON-like tree fit to log: every value under a secret-named key masked, every
+    string redacted."""
+    secrets = _secret_values() if secrets is None else secrets
+    if isinstance(tree, Mapping):
+        return {k: redact_tree(v, secrets, masked or is_secret_name(str(k))) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [redact_tree(item, secrets, masked) for item in tree]
+    if masked and tree not in (None, ""):
+        return REDACTED
+    return redact(tree, secrets) if isinstance(tree, str) else tree
 
 
 def safe_params(params: Mapping[str, Any]) -> dict[str, str]:
     """Params fit for MLflow: flattened, stringified, truncated, credentials redacted."""
-    safe = {}
-    for key, value in flatten(params).items():
-        text = REDACTED if _SECRET_KEY.search(key) and value not in (None, "") else redact(str(value))
-        safe[key] = text[:MAX_PARAM_CHARS]
-    return safe
+    return {key: str(value)[:MAX_PARAM_CHARS] for key, value in flatten(redact_tree(params)).items()}
+
+
+def log_dict(tree: Mapping[str, Any], artifact_file: str) -> None:
+    """`mlflow.log_dict` of the redacted tree: artifacts hold no credentials either."""
+    import mlflow
+
+    mlflow.log_dict(redact_tree(tree), artifact_file)
 
 
 def log_params(params: Mapping[str, Any]) -> None:

@@ -248,7 +248,7 @@ class Runner:
             body.setdefault("files", checksum_files(self.ws, step.out))
             manifest = write_manifest(self.ws, step.out, body)
             mlflow.log_metrics({**tracking.numeric_metrics(result), "seconds": seconds})
-            mlflow.log_dict(manifest, "manifest.json")
+            tracking.log_dict(manifest, "manifest.json")  # redacted: no credentials in artifacts
         self.log(f"[done] {stage.name} in {seconds:.1f}s -> {self.ws.full_uri(step.out)}")
 
     def _require_input(self, stage: Stage, name: str) -> Published:

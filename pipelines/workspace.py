@@ -77,6 +77,22 @@ class Workspace:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel)))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
+    def link(self, src: str, dst: str) -> None:
+        """`dst` with the content of `src`, never a write through to `src`: a hard link when the
+        workspace is local (no bytes copied), a copy on object stores (server-side where supported)."""
+        self.makedirs(posixpath.dirname(dst))
+        if self.is_local:
+            try:
+                os.link(self.path(src), self.path(dst))
+                return
+            except OSError:  # a file system without hard links: copy
+                pass
+        self.fs.copy_file(self.path(src), self.path(dst))
+
+    def move(self, src: str, dst: str) -> None:
+        self.makedirs(posixpath.dirname(dst))
+        self.fs.move(self.path(src), self.path(dst))
+
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()

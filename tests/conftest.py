@@ -41,6 +41,22 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def stop_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a server started with start_new_session=True and every worker it forked."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_job(
     *args: str, env: dict | None = None, timeout: float = 900, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess:
@@ -55,9 +71,8 @@ def run_job(
     )
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole session (startup costs seconds on 2 cores)."""
+def start_session_ray():
+    """The session's local Ray: started if it is not running (first use, or after a multi-node test)."""
     import ray
 
     if not ray.is_initialized():
@@ -68,6 +83,13 @@ def ray_session():
             include_dashboard=False,
             logging_level="WARNING",
         )
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (startup costs seconds on 2 cores)."""
+    ray = start_session_ray()
     yield ray
     ray.shutdown()
 
@@ -75,11 +97,13 @@ def ray_session():
 @pytest.fixture
 def ray_local(ray_session):
     """The session's Ray, restarted if a multi-node test shut it down."""
-    if not ray_session.is_initialized():
-        ray_session.init(
-            address="local", num_cpus=2, object_store_memory=400 * 2**20, include_dashboard=False
-        )
-    return ray_session
+    return start_session_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_module(ray_session):
+    """ray_local for module-scoped fixtures (e.g. one training run shared by a module's tests)."""
+    return start_session_ray()
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +127,9 @@ def mlflow_server(tmp_path_factory):
             "--workers",
             "1",
         ],
+        # The server's background job runner (three huey consumers) is not used by tracking or the
+        # registry; on 2 cores it only slows every test down.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -114,11 +141,7 @@ def mlflow_server(tmp_path_factory):
         proc.kill()
         raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
     yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process_group(proc)
     log.close()
 
 
@@ -163,6 +186,9 @@ def ray_head(tmp_path):
         f"--port={free_port()}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
+        # The job agent's fixed default port (52365) collides with any other head on this machine,
+        # and then `ray job submit` fails with "No available agent to submit job".
+        f"--dashboard-agent-listen-port={free_port()}",
         "--include-dashboard=true",
         "--num-cpus=2",
         "--object-store-memory=400000000",
@@ -183,3 +209,14 @@ def ray_head(tmp_path):
         head.wait(timeout=30)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prepared_workspace(ray_session, tmp_path_factory):
+    """A published workspace: a small stdlib-docstring corpus, a 512-piece SentencePiece tokenizer and
+    token shards, built once per session by the real tokenizer and shards stages (see
+    tests/prepared_workspace.py: `.shards_dir`, `.tokenizer_dir`, `.train_overrides(ws, ...)`)."""
+    from prepared_workspace import build_prepared_workspace
+
+    start_session_ray()  # the shards stage needs it; a multi-node test may have stopped it
+    return build_prepared_workspace(tmp_path_factory.mktemp("prepared") / "ws")

@@ -1,0 +1,265 @@
+"""Token shards: a memory-mapped reader, a resumable rank-disjoint window sampler, an eval iterator.
+
+The shards (written by pipelines/shards.py) are a directory with `manifest.json` and Arrow IPC files,
+uncompressed, with one flat `tokens` column (uint16, or uint32 for vocabularies over 65536): the
+documents of a split back to back, each followed by EOS. The manifest names the tokenizer
+({sha256, vocab_size, eos_id}), the dtype, and per split its files with `tokens`, `docs`, `bytes`
+(UTF-8 bytes of the documents' text) and `sha256`.
+
+    shards = TokenShards(dir, "train", expect_sha256=tok_sha, expect_vocab_size=vocab)
+    sampler = WindowSampler(shards, block_size, rank, world_size, seed)
+    x, y = sampler.next_batch(micro_batch)          # int64 [micro_batch, block_size] each
+    state = sampler.state_dict()                    # into the checkpoint
+    sampler.load_state_dict(state)                  # after a restart: exactly the next batch
+    for x, y in eval_batches(val, block_size, batch, rank, world_size, max_batches): ...
+    bpb = bits_per_byte(mean_loss, val)
+
+A split is read as one stream of tokens cut into non-overlapping windows of block_size + 1 tokens
+(window i = tokens[i*(block_size+1) : (i+1)*(block_size+1)]; the tail shorter than a window is
+never read); x is a window without its last token, y without its first. Pure numpy + torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+TOKENS_COLUMN = "tokens"
+MANIFEST = "manifest.json"
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The smallest unsigned dtype that holds every id of a vocabulary."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+class TokenShards:
+    """One split of a shards directory: its files memory-mapped (nothing is loaded) as one token stream.
+
+    Refuses (ValueError, one line): a directory without manifest, a tokenizer other than the expected
+    one (sha256 of spm.model, vocab size of the tokenizer the model was built for), and with
+    verify=True (the default) a file whose sha256 differs from the manifest. verify=False skips
+    hashing, which reads every byte once, for very large runs on trusted storage.
+    Totals for bits per byte: n_tokens (EOS included), n_docs, n_bytes.
+    """
+
+    def __init__(
+        self,
+        shards_dir: str | Path,
+        split: str = "train",
+        expect_sha256: str | None = None,
+        expect_vocab_size: int | None = None,
+        verify: bool = True,
+    ):
+        import pyarrow as pa
+
+        self.dir, self.split = Path(shards_dir), split
+        self.manifest = _read_manifest(self.dir)
+        tokenizer = self.manifest["tokenizer"]
+        if expect_sha256 is not None and tokenizer["sha256"] != expect_sha256:
+            raise ValueError(
+                f"shards {self.dir} were made with tokenizer sha256 {tokenizer['sha256'][:12]}..., "
+                f"the model expects {expect_sha256[:12]}..."
+            )
+        if expect_vocab_size is not None and tokenizer["vocab_size"] != expect_vocab_size:
+            raise ValueError(
+                f"shards {self.dir} have vocab size {tokenizer['vocab_size']}, "
+                f"the model expects {expect_vocab_size}"
+            )
+        if split not in self.manifest["splits"]:
+            raise ValueError(
+                f"shards {self.dir} have no split {split!r} ({', '.join(self.manifest['splits'])})"
+            )
+        info = self.manifest["splits"][split]
+        self.eos_id, self.vocab_size = tokenizer["eos_id"], tokenizer["vocab_size"]
+        self.tokenizer_sha256 = tokenizer["sha256"]
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self.n_tokens, self.n_docs, self.n_bytes = info["tokens"], info["docs"], info["bytes"]
+        self._maps: list[Any] = []  # the open memory maps, kept for the arrays' lifetime
+        self._arrays: list[np.ndarray] = []
+        for entry in info["files"]:
+            path = self.dir / entry["name"]
+            if verify and _sha256(path) != entry["sha256"]:
+                raise ValueError(
+                    f"shard file {path}: sha256 does not match the manifest (corrupt or replaced)"
+                )
+            arrays = self._map(path, pa)
+            if sum(len(a) for a in arrays) != entry["tokens"]:
+                raise ValueError(f"shard file {path}: token count does not match the manifest")
+            self._arrays += arrays
+        self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
+
+    def _map(self, path: Path, pa: Any) -> list[np.ndarray]:
+        """The file's token arrays, one per record batch: zero-copy views into the memory map."""
+        source = pa.memory_map(str(path), "r")
+        self._maps.append(source)
+        reader = pa.ipc.open_file(source)
+        field = reader.schema.field(0)
+        if reader.schema.names != [TOKENS_COLUMN] or field.type != pa.from_numpy_dtype(self.dtype):
+            raise ValueError(f"shard file {path}: expected one {TOKENS_COLUMN!r} column of {self.dtype}")
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return [b.column(0).to_numpy(zero_copy_only=True) for b in batches]
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    @property
+    def tokens_per_byte(self) -> float:
+        return self.n_tokens / max(self.n_bytes, 1)
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """tokens[start : start + length] of the split (a view when it lies within one record batch)."""
+        if start < 0 or start + length > self.n_tokens:
+            raise IndexError(f"tokens [{start}, {start + length}) outside the split's {self.n_tokens}")
+        i = int(np.searchsorted(self._starts, start, side="right")) - 1
+        offset = start - int(self._starts[i])
+        if offset + length <= len(self._arrays[i]):
+            return self._arrays[i][offset : offset + length]
+        parts, need = [], length
+        while need:
+            piece = self._arrays[i][offset : offset + need]
+            parts.append(piece)
+            need -= len(piece)
+            i, offset = i + 1, 0
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        """Unmap the files; arrays returned by read() before must not be used after this."""
+        self._arrays = []
+        for source in self._maps:
+            source.close()
+        self._maps = []
+
+
+class WindowSampler:
+    """Training batches: every epoch a seeded permutation of the windows, dealt out to the ranks.
+
+    Rank r of w gets permutation[r::w], cut to n_windows // w windows, so ranks are disjoint and
+    equally long; the n_windows % w windows left over (different ones every epoch) are skipped.
+    A batch that runs past the end of an epoch continues into the next one, so every batch is full.
+    All ranks drawing the same batch sizes hold the same state: saving rank 0's is enough, and
+    load_state_dict() on any rank restores exactly the batches that would have come next.
+    """
+
+    def __init__(
+        self, shards: TokenShards, block_size: int, rank: int = 0, world_size: int = 1, seed: int = 0
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.shards, self.block_size, self.seed = shards, block_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.window = block_size + 1
+        self.n_windows = len(shards) // self.window
+        self.per_rank = self.n_windows // world_size
+        if not self.per_rank:
+            raise ValueError(
+                f"split {shards.split!r} of {shards.dir} has {len(shards)} tokens: too few for "
+                f"{world_size} rank(s) with windows of block_size + 1 = {self.window}"
+            )
+        self.epoch = self.position = 0
+        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's window indices in epoch `epoch`, in the order they are served."""
+        if epoch != self._order_epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            self._order_epoch, self._order = (
+                epoch,
+                perm[self.rank : self.per_rank * self.world_size : self.world_size],
+            )
+        return self._order
+
+    def next_windows(self, count: int) -> np.ndarray:
+        """The indices of the next `count` windows; advances the state."""
+        taken = [np.empty(0, dtype=np.int64)]
+        while count:
+            chunk = self.order(self.epoch)[self.position : self.position + count]
+            taken.append(chunk)
+            count -= len(chunk)
+            self.position += len(chunk)
+            if self.position == self.per_rank:
+                self.epoch, self.position = self.epoch + 1, 0
+        return np.concatenate(taken)
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return windows_batch(self.shards, self.next_windows(batch_size), self.window)
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "block_size": self.block_size,
+            "world_size": self.world_size,
+            "n_windows": self.n_windows,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("seed", "block_size", "world_size", "n_windows"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}")
+        if not 0 <= state["position"] < self.per_rank:
+            raise ValueError(f"sampler state position {state['position']} is outside 0..{self.per_rank - 1}")
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def eval_batches(
+    shards: TokenShards,
+    block_size: int,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation batches in a fixed order: each rank evaluates its own disjoint share.
+
+    Rank r takes windows r, r + w, r + 2w, ... of n_windows // w * w windows, so every rank yields
+    the same number of batches (ZeRO-3 needs every rank in every forward); the last batch may be
+    smaller. Sum the losses and token counts over ranks (all_reduce) for the split's mean loss.
+    """
+    window = block_size + 1
+    per_rank = len(shards) // window // world_size
+    windows = np.arange(rank, per_rank * world_size, world_size)
+    starts = range(0, per_rank, batch_size)
+    for start in starts if max_batches is None else starts[:max_batches]:
+        yield windows_batch(shards, windows[start : start + batch_size], window)
+
+
+def windows_batch(shards: TokenShards, windows: np.ndarray, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y): int64 [len(windows), window - 1] each, y shifted one token ahead of x."""
+    import torch  # here, so that the shard writer can import this module without torch
+
+    rows = np.empty((len(windows), window), dtype=np.int64)
+    for row, index in zip(rows, windows):
+        row[:] = shards.read(int(index) * window, window)
+    batch = torch.from_numpy(rows)
+    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+
+def bits_per_byte(mean_loss: float, shards: TokenShards) -> float:
+    """Bits per UTF-8 byte of text from the mean cross-entropy (nats per token) over a split."""
+    return mean_loss / math.log(2) * shards.tokens_per_byte
+
+
+def _read_manifest(shards_dir: Path) -> dict[str, Any]:
+    path = shards_dir / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"shards {shards_dir}: no {MANIFEST} (missing, or the shards stage did not finish)")
+    return json.loads(path.read_text())
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

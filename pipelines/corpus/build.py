@@ -1,0 +1,147 @@
+"""Build a corpus from input files: the reusable core of the corpus stage (and of a refresh).
+
+    read -> extract -> normalise -> language -> quality -> PII -> MinHash   (Ray Data, streaming,
+                                                                           into _staging/*.parquet)
+    exact + fuzzy dedup, optionally against earlier corpora's index/       (Ray tasks, dedup.py)
+    data/, rejects/, index/, stats.json                                     (Ray tasks, publish.py)
+
+The driver sees file names, object references and counts, never documents or signatures.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import sys
+import time
+from collections.abc import Callable
+
+from pipelines.config import CorpusConfig
+from pipelines.corpus import index as corpus_index
+from pipelines.corpus.dedup import deduplicate
+from pipelines.corpus.process import process_batch
+from pipelines.corpus.publish import publish_file
+from pipelines.corpus.readers import ReadOptions, read_file
+from pipelines.corpus.shuffle import remote
+from pipelines.corpus.sources import InputFile, filesystem
+from pipelines.corpus.stats import combine, funnel_png
+from pipelines.ray_runtime import cluster_cpus
+from pipelines.workspace import Workspace
+
+STAGING = "_staging"
+
+
+def read_options(cfg: CorpusConfig) -> ReadOptions:
+    return ReadOptions(cfg.text_field, cfg.id_field, cfg.url_field, cfg.max_doc_bytes, cfg.batch_docs)
+
+
+def _read_files(batch: dict, opts: ReadOptions):
+    for uris in batch["uris"]:
+        for uri in uris:
+            yield from read_file(str(uri), opts)
+
+
+def file_groups(files: list[InputFile], groups: int) -> list[list[str]]:
+    """Files in `groups` read tasks of about equal bytes (largest first onto the lightest group):
+    a task per tiny file would cost more in scheduling than in reading."""
+    bins: list[tuple[int, list[str]]] = [(0, []) for _ in range(min(groups, len(files)))]
+    for f in sorted(files, key=lambda f: -f.size):
+        size, uris = min(bins, key=lambda b: b[0])
+        bins.remove((size, uris))
+        bins.append((size + f.size, [*uris, f.uri]))
+    return [uris for _, uris in bins]
+
+
+def sha256_input(uri: str) -> str:
+    import hashlib
+
+    fs, path = filesystem(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path, compression=None) as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_refs(uris: list[str]) -> list:
+    """Ray object refs of the sha256 of each input file, hashed where the cluster has room."""
+    return [remote(sha256_input).options(num_cpus=0.25).remote(uri) for uri in uris]
+
+
+def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, staging: str) -> list[str]:
+    """The per-document steps with Ray Data; returns the staging Parquet files (workspace-relative)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()  # bars for people at a terminal, not for log files
+    groups = file_groups(files, max(4, 4 * int(cluster_cpus())))
+    ds = ray.data.from_items([{"uris": g} for g in groups], override_num_blocks=len(groups))
+    # One task per input file reads it; a different CPU request keeps Ray Data from fusing the read
+    # into the processing tasks, so one large file still spreads over every worker.
+    ds = ds.map_batches(_read_files, batch_size=1, fn_kwargs={"opts": read_options(cfg)}, num_cpus=0.5)
+    ds = ds.map_batches(
+        process_batch,
+        batch_format="pyarrow",
+        batch_size=cfg.batch_docs,
+        fn_kwargs={"cfg_json": cfg.model_dump_json()},
+    )
+    ds.write_parquet(ws.path(staging), filesystem=ws.fs)
+    return [posixpath.join(staging, f) for f in ws.list_files(staging) if f.endswith(".parquet")]
+
+
+def build_corpus(
+    ws: Workspace,
+    files: list[InputFile],
+    cfg: CorpusConfig,
+    out: str,
+    against: list[str] = (),
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Process `files` into `out` (data/, rejects/, index/, stats.json, funnel.png); return stats.
+
+    `against`: workspace-relative dirs of earlier corpus versions; documents that duplicate theirs
+    are dropped (duplicate_of names the earlier id), probing their index/ only.
+    """
+    import ray
+
+    index_dirs = corpus_index.check_compatible(ws, list(against), cfg)
+    uri = ws.full_uri()
+    staging = posixpath.join(out, STAGING)
+    ws.delete_dir(staging)
+    wall = {}
+
+    started = time.perf_counter()
+    staged = process_documents(ws, files, cfg, staging)
+    wall["documents"] = time.perf_counter() - started
+    log(f"[corpus] {len(files)} input files -> {len(staged)} staging files in {wall['documents']:.1f}s")
+
+    started = time.perf_counter()
+    num_perm = cfg.bands * cfg.rows
+    out_index = posixpath.join(out, "index")
+    dedup = deduplicate(
+        ws,
+        staged,
+        parts=cfg.partitions,
+        num_perm=num_perm,
+        bands=cfg.bands,
+        exact=cfg.exact_dedup,
+        fuzzy=cfg.fuzzy_dedup,
+        threshold=cfg.similarity_threshold,
+        out_index=out_index,
+        against=index_dirs,
+    )
+    ws.write_json(posixpath.join(out_index, "index.json"), corpus_index.settings(cfg))
+    wall["dedup"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    counts = ray.get(
+        [
+            remote(publish_file).remote(f, uri, rel, out, *dedup.decisions[f % cfg.partitions])
+            for f, rel in enumerate(staged)
+        ]
+    )
+    wall["publish"] = time.perf_counter() - started
+    stats = combine(counts, dedup.stats, sum(f.size for f in files), wall)
+    ws.write_json(posixpath.join(out, "stats.json"), stats)
+    ws.write_bytes(posixpath.join(out, "funnel.png"), funnel_png(stats))
+    ws.delete_dir(staging)
+    return stats

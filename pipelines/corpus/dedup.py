@@ -1,0 +1,201 @@
+"""Exact and fuzzy deduplication on Ray tasks, without gathering documents or signatures anywhere.
+
+Rounds (each a hash-partitioned shuffle of numpy columns; the driver holds only references):
+  scan      per staging file: exact hashes, band buckets and signatures of the surviving documents
+  exact     per hash partition: the smallest id of each exact hash is kept, the rest point to it
+  bands     per bucket partition: documents sharing a bucket become candidate pairs
+  verify    per id partition, twice: look up both signatures, keep pairs whose estimated Jaccard
+            (share of equal signature positions) reaches `similarity_threshold`
+  components  Large-Star / Small-Star rounds until every cluster is a star around its smallest id
+  resolve   exact copies of a document that fuzzy dedup dropped point to what that one points to
+  finalize  per id partition: decisions (kept, exact or fuzzy duplicate of which id) and the index
+
+Documents of an existing corpus (its index/, see index.py) join as "old" nodes: their numbers lack
+the top bit that marks new documents, so they sort first and are always the ones kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pipelines.corpus.dedup_tasks import (
+    band_reduce,
+    exact_reduce,
+    finalize,
+    large_star_task,
+    resolve_exact,
+    scan,
+    small_star_task,
+    verify_left,
+    verify_right,
+    write_index_part,
+)
+from pipelines.corpus.shuffle import as_list, remote
+from pipelines.workspace import Workspace
+
+MAX_ROUNDS = 64
+
+
+@dataclass
+class DedupResult:
+    decisions: list  # per partition p: refs to the decisions of staging files with fidx % P == p
+    stats: dict = field(default_factory=dict)
+
+
+def _by_part(refs: list[list], p: int) -> list:
+    return [row[p] for row in refs]
+
+
+def deduplicate(
+    ws: Workspace,
+    staging_files: list[str],
+    *,
+    parts: int,
+    num_perm: int,
+    bands: int,
+    exact: bool,
+    fuzzy: bool,
+    threshold: float,
+    out_index: str,
+    against: list[str] = (),
+) -> DedupResult:
+    """Decide every surviving staging document (kept / exact / fuzzy duplicate of which id) and
+    write the index of the kept ones under `out_index`. `against`: index dirs of earlier corpora."""
+    import ray
+
+    uri, against = ws.full_uri(), list(against)
+    stats: dict = {"exact": {}, "fuzzy": {}}
+    started = time.perf_counter()
+    scans = [
+        remote(scan).options(num_returns=3 * parts).remote(f, uri, rel, parts, num_perm, bands)
+        for f, rel in enumerate(staging_files)
+    ]
+    exact_refs = [s[:parts] for s in scans]
+    band_refs = [s[parts : 2 * parts] for s in scans]
+    doc_refs = [s[2 * parts :] for s in scans]
+
+    exact_decisions = []
+    if exact:
+        exact_decisions = [
+            as_list(
+                remote(exact_reduce)
+                .options(num_returns=parts)
+                .remote(p, parts, uri, against, *_by_part(exact_refs, p)),
+                parts,
+            )
+            for p in range(parts)
+        ]
+        ray.wait([d for row in exact_decisions for d in row], num_returns=len(exact_decisions) * parts)
+    stats["exact"]["seconds"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    labels = [None] * parts
+    if fuzzy:
+        pairs = [
+            as_list(
+                remote(band_reduce)
+                .options(num_returns=parts)
+                .remote(p, parts, uri, against, exact, *_by_part(band_refs, p)),
+                parts,
+            )
+            for p in range(parts)
+        ]
+        left = [
+            as_list(
+                remote(verify_left)
+                .options(num_returns=parts)
+                .remote(parts, num_perm, bands, len(pairs), *_by_part(pairs, p), *_by_part(doc_refs, p)),
+                parts,
+            )
+            for p in range(parts)
+        ]
+        right = [
+            remote(verify_right)
+            .options(num_returns=parts + 1)
+            .remote(
+                p,
+                parts,
+                num_perm,
+                bands,
+                threshold,
+                uri,
+                against,
+                len(left),
+                *_by_part(left, p),
+                *_by_part(doc_refs, p),
+            )
+            for p in range(parts)
+        ]
+        counts = ray.get([r[parts] for r in right])
+        stats["fuzzy"]["candidate_pairs"] = sum(c["candidate_pairs"] for c in counts)
+        stats["fuzzy"]["verified_pairs"] = sum(c["verified_pairs"] for c in counts)
+        labels, rounds = _components([r[:parts] for r in right], parts)
+        stats["fuzzy"]["component_rounds"] = rounds
+
+    if exact_decisions:  # re-route exact decisions by the duplicate, with their keepers resolved
+        exact_decisions = [
+            as_list(
+                remote(resolve_exact)
+                .options(num_returns=parts)
+                .remote(
+                    parts,
+                    int(labels[p] is not None),
+                    *[x for x in [labels[p]] if x is not None],
+                    *_by_part(exact_decisions, p),
+                ),
+                parts,
+            )
+            for p in range(parts)
+        ]
+
+    out_index_parts = []
+    final = []
+    for p in range(parts):
+        exact_in = _by_part(exact_decisions, p)
+        label_in = [labels[p]] if labels[p] is not None else []
+        final.append(
+            remote(finalize)
+            .options(num_returns=3 * parts)
+            .remote(
+                p,
+                parts,
+                num_perm,
+                bands,
+                uri,
+                out_index,
+                len(exact_in),
+                len(label_in),
+                *exact_in,
+                *label_in,
+                *_by_part(doc_refs, p),
+            )
+        )
+    for k, kind in enumerate(("exact", "bands")):
+        for p in range(parts):
+            chunks = [f[(k + 1) * parts + p] for f in final]
+            out_index_parts.append(remote(write_index_part).remote(uri, out_index, kind, p, *chunks))
+    ray.get(out_index_parts)
+    stats["fuzzy"]["seconds"] = time.perf_counter() - started
+    return DedupResult([[f[p] for f in final] for p in range(parts)], stats)
+
+
+def _components(edge_refs: list[list], parts: int) -> tuple[list, int]:
+    """Labels (leaf -> smallest node of its component) per node partition, and the rounds taken."""
+    import ray
+
+    for rounds in range(1, MAX_ROUNDS + 1):
+        large = [
+            remote(large_star_task).options(num_returns=parts + 2).remote(parts, *_by_part(edge_refs, p))
+            for p in range(parts)
+        ]
+        if sum(ray.get([r[parts + 1] for r in large])) == 0:
+            return [r[parts] for r in large], rounds
+        edge_refs = [
+            as_list(
+                remote(small_star_task).options(num_returns=parts).remote(parts, *[r[p] for r in large]),
+                parts,
+            )
+            for p in range(parts)
+        ]
+    raise RuntimeError(f"connected components did not converge in {MAX_ROUNDS} rounds")

@@ -1,0 +1,81 @@
+"""The `corpus` stage: resolve `corpus.inputs`, build the corpus version, publish its manifest.
+
+Output: <workspace>/corpus/<fingerprint[:12]>/ (that 12-hex id is the corpus version) with data/,
+rejects/, index/, stats.json, funnel.png and, written last by the runner, manifest.json holding
+"stats", "kept_docs", "index" (the dedup settings a refresh must share) and "input_files"
+(uri, bytes, mtime_ns, sha256 of every input file: what a refresh compares to find files not yet
+processed).
+"""
+
+from __future__ import annotations
+
+from pipelines.config import Config
+from pipelines.workflow import Stage, StageContext
+from pipelines.workspace import Workspace
+
+
+def input_identity(cfg: Config, ws: Workspace) -> list:
+    """Fingerprint input: every input file's URI, size and mtime (and the demo generator's id)."""
+    from pipelines.corpus import demo, sources
+
+    return [
+        demo.identity(item) if isinstance(item, str) and item.startswith(sources.DEMO_PREFIX) else item
+        for item in sources.identity(cfg.corpus.inputs)
+    ]
+
+
+def input_files(ctx: StageContext) -> list:
+    return resolve_inputs(ctx.cfg, ctx.ws, ctx.log)
+
+
+def resolve_inputs(cfg: Config, ws: Workspace, log=print) -> list:
+    """Resolve corpus.inputs (generating demo corpora first); a UserError names corpus.inputs."""
+    from pipelines.corpus import demo, sources
+
+    patterns = [
+        ws.full_uri(demo.ensure(ws, p, log)) if p.startswith(sources.DEMO_PREFIX) else p
+        for p in cfg.corpus.inputs
+    ]
+    return sources.resolve(patterns)
+
+
+def input_record(f, sha256: str) -> dict:
+    """What a manifest records of an input file; a refresh trusts (uri, bytes, mtime_ns) unhashed."""
+    return {"uri": f.uri, "bytes": f.size, "mtime_ns": f.mtime_ns, "sha256": sha256}
+
+
+def run(ctx: StageContext) -> dict:
+    import ray
+
+    from pipelines.corpus import index, stats
+    from pipelines.corpus.build import build_corpus, sha256_refs
+    from pipelines.ray_runtime import init_ray
+
+    files = input_files(ctx)  # before Ray starts: a wrong path fails in a second, not after startup
+    init_ray(ctx.cfg)
+    digests = sha256_refs([f.uri for f in files])
+    ctx.log(f"[corpus] {len(files)} input files, {sum(f.size for f in files) / 1e6:.1f} MB")
+    result = build_corpus(ctx.ws, files, ctx.cfg.corpus, ctx.out, log=ctx.log)
+    stats.log_funnel(result, ctx.ws.read_bytes(f"{ctx.out}/funnel.png"))
+    ctx.log(
+        f"[corpus] kept {result['kept_docs']} of {result['input_docs']} documents "
+        f"({result['kept_chars'] / 1e6:.1f}M characters); version {ctx.out.rsplit('/', 1)[-1]}"
+    )
+    return {
+        "version": ctx.fingerprint[:12],
+        "kept_docs": result["kept_docs"],
+        "stats": result,
+        "index": index.settings(ctx.cfg.corpus),
+        "input_files": [input_record(f, digest) for f, digest in zip(files, ray.get(digests))],
+    }
+
+
+def corpus_stage() -> Stage:
+    return Stage(
+        "corpus",
+        run,
+        sections=("corpus",),
+        fingerprint_extra=input_identity,
+        needs_ray=False,  # run() starts Ray itself, once the inputs are known to exist
+        summary="clean and deduplicate raw web text into a corpus version",
+    )

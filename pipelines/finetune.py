@@ -1,0 +1,313 @@
+"""Stage `finetune`: pretraining's machinery (pipelines/train_launch.py, train_loop.py) on new data.
+
+Only what differs from pretraining lives here: where the initial model comes from (the pipeline's
+`pretrain` output, a registry URI resolved to its version, a models/<run>/ directory, or a Hugging
+Face GPT-2 directory imported with its own BPE tokenizer), the data (JSONL pairs with the loss on
+the completion, a text file, pairs made from the demo corpus, or the pipeline's shards), optional
+LoRA and early stopping, and lineage tags on the new registered version (parent model, dataset
+digest). The champion gate is pretraining's, evaluated on the fine-tuning val set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Config
+from pipelines.errors import UserError
+from pipelines.train_launch import run_name
+from pipelines.workflow import Stage, StageContext
+from pipelines.workspace import Workspace
+
+DEMO_PAIRS = "demo:corpus-pairs"  # finetune.data: pairs made from the pipeline's corpus
+DATA_DIR = "data"  # in checkpoints/<run>/: the tokenized rows and the val pairs
+
+
+def finetune_stage() -> Stage:
+    return Stage(
+        "finetune",
+        run_finetune,
+        sections=("model", "finetune"),
+        inputs=finetune_inputs,
+        output_dir=lambda cfg, fp: f"models/{run_name(cfg.finetune, 'finetune', fp)}",
+        fingerprint_extra=_sources_identity,
+        enabled=lambda cfg: cfg.finetune.enabled,
+        summary="fine-tune a registered, pretrained or Hugging Face GPT-2; register it in MLflow",
+    )
+
+
+def finetune_inputs(cfg: Config) -> tuple[str, ...]:
+    f = cfg.finetune
+    names = () if f.init_from else ("pretrain",)
+    if f.data is None and not cfg.train.shards:
+        names += ("tokenizer", "shards")
+    elif f.data == DEMO_PAIRS:
+        names += ("corpus",)
+    return names
+
+
+def _sources_identity(cfg: Config, ws: Workspace) -> Any:
+    """What the config's strings do not say: the content of a data file and of a model directory."""
+    from pipelines.train import _explicit_shards_identity
+
+    f = cfg.finetune
+    data = file_identity(f.data, DEMO_PAIRS)
+    init = None
+    if f.init_from and ":/" not in f.init_from:
+        config = Path(f.init_from).expanduser() / "config.json"
+        weights = [p for p in config.parent.glob("*.safetensors")] + list(config.parent.glob("*.bin"))
+        stat = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(weights)]
+        init = {"config": _sha256(config) if config.is_file() else None, "weights": stat}
+    shards = _explicit_shards_identity(cfg, ws) if f.data is None else None
+    return {"data": data, "init": init, "shards": shards}
+
+
+def file_identity(path_text: str | None, builtin: str) -> str | None:
+    """The sha256 of a file named by a config key (None when unset or the built-in demo source)."""
+    if not path_text or path_text == builtin:
+        return None
+    path = Path(path_text).expanduser()
+    return _sha256(path) if path.is_file() else f"missing:{path_text}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- the initial model ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InitModel:
+    dir: Path  # a gpt2core model directory with its tokenizer files
+    lineage: dict[str, str]  # parent_model_uri, parent_model_version (registry versions only)
+
+
+def resolve_init_model(ctx: StageContext, run_dir: Path) -> InitModel:
+    from gpt2core.hf import import_hf, is_hf_dir
+    from pipelines.train import resolve_init
+
+    loop, key = ctx.cfg.finetune, "config key 'finetune.init_from'"
+    if not loop.init_from:
+        pretrain = ctx.inputs["pretrain"]
+        lineage = {"parent_model_uri": pretrain.manifest["registered_uri"]}
+        lineage["parent_model_version"] = str(pretrain.manifest["version"])
+        return InitModel(ctx.ws.local_path(pretrain.dir), lineage)
+    if loop.init_from.startswith("models:/"):
+        uri, version = registry_version(loop.init_from)
+        download = loop.model_copy(update={"init_from": uri})
+        directory = resolve_init(download, run_dir, "finetune")
+        return InitModel(directory, {"parent_model_uri": loop.init_from, "parent_model_version": version})
+    path = Path(loop.init_from).expanduser()
+    if is_hf_dir(path):
+        try:
+            directory = import_hf(path, run_dir / "init-model")
+        except ValueError as exc:
+            raise UserError(f"{key}: {exc}") from None
+        return InitModel(directory, {"parent_model_uri": str(path.resolve()), "parent_model_version": "none"})
+    directory = resolve_init(loop, run_dir, "finetune")
+    return InitModel(
+        directory, {"parent_model_uri": str(directory.resolve()), "parent_model_version": "none"}
+    )
+
+
+def registry_version(uri: str, key: str = "finetune.init_from") -> tuple[str, str]:
+    """(models:/<name>/<version>, version) for models:/<name>@<alias> or models:/<name>/<version>:
+    an alias is resolved once, so the run and its lineage name one version even if the alias moves."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    body = uri.removeprefix("models:/")
+    name, at, alias = body.partition("@")
+    if not at:
+        name, _, version = body.partition("/")
+        return uri, version
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        raise UserError(
+            f"config key {key!r}: registered model {name!r} has no alias {alias!r} ({uri} does not exist)"
+        ) from None
+    return f"models:/{name}/{version}", str(version)
+
+
+def init_model_config(cfg: Config, init_dir: Path) -> dict:
+    """The initial model's architecture, with dropout and activation checkpointing from `model`."""
+    from gpt2core.checkpoint import read_config
+
+    try:
+        config = read_config(init_dir)
+    except ValueError as exc:
+        raise UserError(f"config key 'finetune.init_from': {exc}") from None
+    config.dropout, config.activation_checkpointing = cfg.model.dropout, cfg.model.activation_checkpointing
+    return config.to_dict()
+
+
+def tokenizer_identity(tokenizer) -> str:
+    digest = hashlib.sha256()
+    for name, path in sorted(tokenizer.files.items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+# --- the data ------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    task: Any  # a train_task.Task
+    gate: Any  # registry.GateData or finetune_task.PairsGate
+    gpt: dict
+    info: dict  # counts for the manifest
+    source: str  # the data file (or shards dir)
+    digest: str  # sha256 of the data
+
+
+def prepare_data(ctx: StageContext, init: InitModel, run_dir: Path) -> Prepared:
+    from gpt2core.tokenizer import load_tokenizer
+    from pipelines import finetune_data
+    from pipelines.finetune_task import FinetuneTask, PairsGate
+
+    loop = ctx.cfg.finetune
+    if loop.data is None:
+        return _shards_data(ctx, init)
+    gpt = init_model_config(ctx.cfg, init.dir)
+    try:
+        tokenizer = load_tokenizer(init.dir)
+    except ValueError as exc:
+        raise UserError(f"config key 'finetune.init_from': {exc}") from None
+    source = _data_file(ctx, run_dir)
+    build = finetune_data.build_pairs if source.suffix in (".jsonl", ".json") else finetune_data.build_text
+    data_dir = run_dir / DATA_DIR
+    try:
+        info = build(source, tokenizer, gpt["block_size"], loop.val_fraction, data_dir)
+    except ValueError as exc:
+        raise UserError(f"config key 'finetune.data': {source}: {exc}") from None
+    if info["splits"]["train"]["rows"] < loop.num_workers:
+        raise UserError(f"config key 'finetune.data': {source} has fewer training rows than workers")
+    task = FinetuneTask(
+        str(data_dir),
+        str(init.dir),
+        tokenizer_identity(tokenizer),
+        tokenizer.vocab_size,
+        info["splits"]["val"]["tokens_per_byte"],
+    )
+    gate = PairsGate(
+        str(data_dir),
+        loop.micro_batch_size * loop.num_workers,
+        loop.eval_batches,
+        loop.cpus_per_worker,
+        1 if loop.use_gpu else 0,
+    )
+    info["data_dir"] = str(data_dir)
+    return Prepared(task, gate, gpt, info, str(source), _sha256(source))
+
+
+def _data_file(ctx: StageContext, run_dir: Path) -> Path:
+    """finetune.data as a local file; demo:corpus-pairs is written from the corpus first."""
+    loop = ctx.cfg.finetune
+    if loop.data != DEMO_PAIRS:
+        path = Path(loop.data).expanduser()
+        if not path.is_file():
+            raise UserError(f"config key 'finetune.data': {path} is not a file")
+        return path
+    import pyarrow.parquet as pq
+
+    from pipelines import finetune_data
+
+    corpus = ctx.inputs["corpus"].dir
+    files = sorted(f for f in ctx.ws.list_files(f"{corpus}/data") if f.endswith(".parquet"))
+    paths = [ctx.ws.path(f"{corpus}/data/{f}") for f in files]
+    table = pq.read_table(paths, columns=["id", "text"], filesystem=ctx.ws.fs)
+    table = table.sort_by("id")  # a stable order, whatever the corpus stage's file layout
+    pairs = finetune_data.demo_pairs(table.column("text").to_pylist(), loop.demo_pairs)
+    path = run_dir / "demo-pairs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finetune_data.write_pairs(pairs, path)
+    ctx.log(f"[finetune] {len(pairs)} prompt/completion pairs from the corpus -> {path}")
+    return path
+
+
+def _shards_data(ctx: StageContext, init: InitModel) -> Prepared:
+    """Continued pretraining on the pipeline's shards (or train.shards): pretraining's task and gate."""
+    from pipelines.manifest import manifest_digest
+    from pipelines.registry import GateData
+    from pipelines.train import check_windows, resolve_model, resolve_shards
+    from pipelines.train_task import PretrainTask
+
+    loop = ctx.cfg.finetune
+    shards = resolve_shards(ctx)
+    gpt = resolve_model(ctx.cfg, shards.vocab_size, shards.tokenizer_sha256, init.dir, "finetune")
+    check_windows(shards, gpt["block_size"], loop, "finetune")
+    task = PretrainTask(
+        shards.dir, shards.tokenizer_dir, shards.tokenizer_sha256, shards.vocab_size, "finetune"
+    )
+    gate = GateData(
+        shards.dir,
+        shards.tokenizer_dir,
+        loop.micro_batch_size * loop.num_workers,
+        loop.eval_batches,
+        loop.cpus_per_worker,
+        1 if loop.use_gpu else 0,
+    )
+    info = {"format": "shards", "splits": shards.manifest["splits"]}
+    return Prepared(task, gate, gpt, info, shards.dir, manifest_digest(shards.manifest))
+
+
+def data_dataset(prepared: Prepared) -> tuple:
+    """The fine-tuning data as an MLflow dataset input of the run (lineage), with its counts as tags."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path is local
+        source = resolve_dataset_source(prepared.source)
+    name = f"finetune/{Path(prepared.source).name}"
+    dataset = MetaDataset(source=source, name=name, digest=prepared.digest[:16])
+    splits = prepared.info["splits"]
+    tags = {
+        "format": prepared.info["format"],
+        **{f"{s}_rows": str(v.get("rows", "")) for s, v in splits.items()},
+    }
+    return dataset, tags
+
+
+# --- the stage -----------------------------------------------------------------------------------
+def run_finetune(ctx: StageContext) -> dict[str, Any]:
+    from gpt2core.lora import LoraConfig
+    from pipelines.train_launch import prepare, publish, run_dir, train
+
+    loop = ctx.cfg.finetune
+    directory = run_dir(ctx, loop)
+    init = resolve_init_model(ctx, directory)
+    prepared = prepare_data(ctx, init, directory)
+    info = prepared.info
+    if info.get("rejects") or info.get("truncated"):
+        ctx.log(
+            f"[finetune] data: {info.get('rejects')} rejected lines, {info.get('truncated')} truncated prompts"
+        )
+    lora = LoraConfig(loop.lora_rank, loop.lora_alpha) if loop.lora_rank else None
+    launch = prepare(
+        ctx,
+        loop,
+        "finetune",
+        prepared.task,
+        prepared.gpt,
+        init.dir,
+        data_dataset(prepared),
+        lora=lora,
+        early_stop_patience=loop.early_stop_patience,
+    )
+    summary, checkpoint = train(launch, ctx.log)
+    lineage = {
+        **init.lineage,
+        "dataset": prepared.source,
+        "dataset_digest": prepared.digest,
+        "lora_rank": str(loop.lora_rank),
+    }
+    result = publish(ctx, launch, summary, checkpoint, prepared.gate, tags=lineage)
+    return {**result, "lineage": lineage, "data": info, "model": prepared.gpt}

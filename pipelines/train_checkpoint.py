@@ -1,0 +1,99 @@
+"""Training checkpoints: the DeepSpeed checkpoint plus each rank's training state, in one directory.
+
+Every rank writes into its own local directory (DeepSpeed: rank 0 the module states, each rank its
+ZeRO partition; here: `train_state/rank-NNNNN.json`), then all ranks call `ray.train.report` with
+it, and Ray Train merges the ranks' directories into one checkpoint in storage. A rank's state holds
+what the DeepSpeed checkpoint does not: the optimizer step, tokens seen, the data source position,
+the torch/numpy/python RNG states and the MLflow run id, so that a restart continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DS_TAG = "deepspeed"  # one tag per checkpoint directory: Ray Train gives each checkpoint its own
+STATE_DIR = "train_state"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # training tokens seen, all ranks
+    mlflow_run_id: str | None = None
+
+
+def rank_state_file(directory: str | Path, rank: int) -> Path:
+    return Path(directory) / STATE_DIR / f"rank-{rank:05d}.json"
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": _jsonable(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _jsonable(value: Any) -> Any:
+    return [_jsonable(v) for v in value] if isinstance(value, tuple) else value
+
+
+def save(engine: Any, directory: str | Path, rank: int, state: TrainState, source: Any, extra: dict) -> None:
+    """Collective: every rank writes its part of the checkpoint into its own `directory`."""
+    engine.save_checkpoint(str(directory), tag=DS_TAG)
+    path = rank_state_file(directory, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "mlflow_run_id": state.mlflow_run_id,
+        "source": source.state_dict(),
+        "rng": rng_state(),
+        **extra,
+    }
+    path.write_text(json.dumps(body))
+
+
+def read_rank_state(directory: str | Path, rank: int) -> dict[str, Any]:
+    path = rank_state_file(directory, rank)
+    if not path.is_file():
+        raise ValueError(
+            f"checkpoint {directory} has no training state for rank {rank} "
+            "(was it written by a run with fewer workers? resume with the same train.num_workers)"
+        )
+    return json.loads(path.read_text())
+
+
+def restore(engine: Any, directory: str | Path, rank: int, source: Any) -> TrainState:
+    """Collective: load the DeepSpeed checkpoint, this rank's data position and RNG states."""
+    saved = read_rank_state(directory, rank)
+    load_path, _ = engine.load_checkpoint(str(directory), tag=DS_TAG, load_lr_scheduler_states=False)
+    if load_path is None:
+        raise ValueError(f"checkpoint {directory}: DeepSpeed found no checkpoint with tag {DS_TAG!r}")
+    source.load_state_dict(saved["source"])
+    set_rng_state(saved["rng"])
+    return TrainState(saved["step"], saved["tokens"], saved["mlflow_run_id"])

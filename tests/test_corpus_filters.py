@@ -1,0 +1,245 @@
+"""Per-document steps without Ray: extraction, normalisation, language id, every filter rule with
+its reason, PII redaction."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.corpus import filters as qf
+from pipelines.corpus.extract import ExtractTimeout, decode_html, extract_text
+from pipelines.corpus.langid import identify
+from pipelines.corpus.normalize import normalize_text, replacement_chars
+from pipelines.corpus.pii import redact
+from pipelines.errors import UserError
+from tests.corpus_inputs import GERMAN, english_doc, html_page
+
+
+@pytest.fixture
+def prose() -> str:
+    return english_doc(random.Random(11))
+
+
+def verdict(f, text: str):
+    doc = qf.Doc(text)
+    return f.filter(doc), doc.text
+
+
+def test_english_prose_passes_every_filter(prose):
+    filters = qf.make_filters(["gopher_repetition", "gopher_quality", "c4", "length"], {})
+    doc = qf.Doc(prose)
+    assert qf.apply(filters, doc) is None and doc.text == prose
+
+
+@pytest.mark.parametrize(
+    "mutate,reason",
+    [
+        (lambda t: " ".join(t.split()[:30]), "short_doc"),
+        (lambda t: "word " * 100_001, "long_doc"),
+        (lambda t: " ".join(["a", "an", "is", "to", "of", "be"] * 30), "below_avg_word_length"),
+        (
+            lambda t: " ".join(["extraordinarily", "incomprehensibilities"] * 40) + " the and",
+            "above_avg_word_length",
+        ),
+        (lambda t: t + " #tag" * 60, "too_many_hashes"),
+        (lambda t: t + " wait..." * 60, "too_many_ellipsis"),
+        (lambda t: "\n".join("- " + x for x in t.replace("\n", " ").split(". ")), "too_many_bullets"),
+        (lambda t: "\n".join(x + "..." for x in t.replace("\n", " ").split(". ")), "too_many_end_ellipsis"),
+        (lambda t: t + " 1234 5678 90 !!" * 150, "below_alpha_words_ratio"),
+        (
+            lambda t: "Green hills roll past quiet farms. Old barns stand beside narrow roads. " * 6,
+            "few_stop_words",
+        ),
+    ],
+)
+def test_gopher_quality_rules(prose, mutate, reason):
+    assert verdict(qf.GopherQuality(), prose)[0] is True
+    assert verdict(qf.GopherQuality(), mutate(prose))[0] == (False, reason)
+
+
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("same paragraph here.\n\n" * 10 + "another one.", "dup_para_frac"),
+        (
+            "\n\n".join(
+                [" ".join(["A long paragraph."] * 12), *"abcde", " ".join(["A long paragraph."] * 12)]
+            ),
+            "dup_para_char_frac",
+        ),
+    ],
+)
+def test_gopher_repetition_paragraph_rules(text, reason):
+    assert verdict(qf.GopherRepetition(), text)[0] == (False, reason)
+
+
+def test_gopher_repetition_line_and_ngram_rules(prose):
+    lines = prose.split("\n")
+    assert verdict(qf.GopherRepetition(), "\n".join(lines + [lines[0]] * 4))[0] == (False, "dup_line_frac")
+    long_line = "this single line is very long and repeated " * 8
+    text = "\n".join([long_line, "a", "b", "c", "d", "e", "f", "g", long_line])
+    assert verdict(qf.GopherRepetition(dup_line_frac=0.5), text)[0] == (False, "dup_line_char_frac")
+    assert verdict(qf.GopherRepetition(), prose + " " + "buy now " * 60)[0] == (False, "top_2_gram")
+    phrase = "the quick brown fox jumps over the lazy dog near the river bank today"
+    spammy = prose + "\n" + " ".join(f"{phrase} {i}" for i in range(12))
+    assert verdict(qf.GopherRepetition(top_n_grams=()), spammy)[0] == (False, "duplicated_5_grams")
+    assert verdict(qf.GopherRepetition(), "")[0] == (False, "empty")
+
+
+def test_c4_line_rules_rewrite_the_text(prose):
+    noisy = "\n".join(
+        [
+            "Home | About | Contact",  # no terminal punctuation
+            "Too short.",  # fewer than 3 words
+            "Please enable JavaScript to view this page.",
+            "By using this site you accept our privacy policy.",
+            "A cited sentence stays in the text.[12]",
+            *prose.split("\n"),
+        ]
+    )
+    ok, text = verdict(qf.C4Lines(), noisy)
+    assert ok is True
+    assert text.split("\n")[0] == "A cited sentence stays in the text."
+    assert "JavaScript" not in text and "Home" not in text and "privacy" not in text
+    assert verdict(qf.C4Lines(), prose + "\nLorem ipsum dolor sit amet.")[0] == (False, "lorem_ipsum")
+    assert verdict(qf.C4Lines(), prose + "\nUse a dict like {1: 2} here.")[0] == (False, "curly_bracket")
+    assert verdict(qf.C4Lines(filter_curly_bracket=False), prose + "\nA dict {1: 2} here.")[0] is True
+    assert verdict(qf.C4Lines(), "One sentence here.\nAnother one there.")[0] == (False, "too_few_sentences")
+
+
+def test_length_bounds():
+    assert verdict(qf.Length(min_chars=10), "short")[0] == (False, "too_short")
+    assert verdict(qf.Length(min_chars=0, max_chars=3), "long enough")[0] == (False, "too_long")
+
+
+def test_filter_params_override_defaults_and_unknown_names_are_config_errors():
+    (c4,) = qf.make_filters(["c4"], {"c4": {"min_num_sentences": 1}})
+    assert c4.min_num_sentences == 1 and c4.filter_curly_bracket is True
+    (rep,) = qf.make_filters(["gopher_repetition"], {"gopher_repetition": {"dup_n_grams": [[5, 0.5]]}})
+    assert rep.dup_n_grams == ((5, 0.5),)
+    with pytest.raises(UserError, match="corpus.*unknown filter 'gopher'"):
+        load_config(None, ["corpus.filters=[gopher]"])
+    with pytest.raises(UserError, match="filter 'length' has no parameter 'min_words'"):
+        load_config(None, ["corpus.filter_params={length: {min_words: 3}}"])
+
+
+def test_normalisation():
+    text = "Cafe\u0301\u00a0 au\tlait\r\n\r\n\r\n\r\nnext\x00 line \u200b  \n"
+    assert normalize_text(text) == "Café au lait\n\nnext line"
+    assert replacement_chars(b"caf\xe9 \xff".decode("utf-8", errors="replace")) == 2
+
+
+def test_language_identification(prose):
+    (en, de) = identify([prose, GERMAN])
+    assert en[0] == "en" and en[1] > 0.9
+    assert de[0] == "de" and de[1] > 0.9
+
+
+@pytest.mark.parametrize("extractor", ["resiliparse", "trafilatura"])
+def test_extractors_keep_the_main_text(prose, extractor):
+    text = extract_text(html_page(prose), extractor)
+    assert "The " in text and prose.split(". ")[0] in text
+    assert "Home" not in text or extractor == "resiliparse"  # resiliparse keeps short nav text
+
+
+def test_html_decoding_follows_the_declared_charset():
+    raw = "<html><head><meta charset='windows-1252'></head><body><p>naïve café</p></body></html>".encode(
+        "cp1252"
+    )
+    assert "naïve café" in decode_html(raw)
+
+
+def test_extraction_time_limit():
+    huge = html_page("\n".join(f"Paragraph {i} with some words in it." for i in range(20_000)))
+    with pytest.raises(ExtractTimeout):
+        extract_text(huge, "trafilatura", timeout_s=0.01)
+
+
+def test_pii_redaction():
+    text, count = redact(
+        "Mail jane.doe+x@example.co.uk or ping 192.168.1.20, not version 1.2.3 or 999.1.1.1."
+    )
+    assert text == "Mail <EMAIL> or ping <IP_ADDRESS>, not version 1.2.3 or 999.1.1.1."
+    assert count == 2
+    assert redact("fe80:0:0:0:200:f8ff:fe21:67cf is here")[0] == "<IP_ADDRESS> is here"
+
+
+def test_document_processor_runs_every_step_and_passes_rejects_through(prose):
+    import pyarrow as pa
+
+    from pipelines.corpus.process import process_batch
+    from pipelines.corpus.schema import RECORD_SCHEMA, TIMING_COLUMNS
+
+    def record(key, fmt, raw=None, text=None, reason=None):
+        stage = "read" if reason else None
+        return {"key": key, "source": "s", "url": None, "format": fmt, "raw": raw, "text": text,
+                "stage": stage, "reason": reason, "detail": None, "sec_read": 0.001}  # fmt: skip
+
+    batch = pa.Table.from_pylist(
+        [
+            record(1, "html", raw=html_page(prose).encode()),
+            record(2, "text", text=prose + "\nWrite to ann@example.org or 10.0.0.7 today."),
+            record(3, "text", text=GERMAN * 3),
+            record(4, "text", raw=b"  \n\t "),
+            record(5, "text", reason="malformed_json"),
+        ],
+        schema=RECORD_SCHEMA,
+    )
+    cfg = load_config(None, ["corpus.pii_redaction=true"]).corpus
+    rows = process_batch(batch, cfg.model_dump_json()).to_pylist()
+    assert [(r["stage"], r["reason"]) for r in rows] == [
+        (None, None),
+        (None, None),
+        ("language", "language"),
+        ("normalize", "empty"),
+        ("read", "malformed_json"),
+    ]
+    assert rows[0]["text"] == prose and rows[0]["lang"] == "en" and rows[0]["words"] > 100
+    assert (
+        rows[1]["pii_redactions"] == 2 and "<EMAIL>" in rows[1]["text"] and "10.0.0.7" not in rows[1]["text"]
+    )
+    assert len(rows[0]["sig"]) == 112 and len(rows[0]["bands"]) == 14 and rows[0]["exact_hash"]
+    assert all(r["sig"] is None and r["text"] is None for r in rows[2:])
+    assert all(r[c] >= 0 for r in rows for c in TIMING_COLUMNS) and sum(r["sec_extract"] for r in rows) > 0
+
+
+def reference_top_chars(words: list[str], n: int) -> int:
+    """datatrove's find_top_duplicate, on strings."""
+    from collections import Counter
+
+    grams = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    if not grams:
+        return 0
+    gram, count = grams.most_common(1)[0]
+    return len(gram) * count
+
+
+def reference_repeated_chars(words: list[str], n: int) -> int:
+    """datatrove's find_all_duplicate, on strings."""
+    seen, chars, i = set(), 0, 0
+    while i < len(words) - n + 1:
+        gram = "".join(words[i : i + n])
+        if gram in seen:
+            chars += len(gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+def test_word_grams_equal_the_string_reference():
+    from pipelines.corpus.wordgrams import WordGrams
+
+    rng = random.Random(2)
+    for trial in range(200):
+        vocab = [f"w{i}" * rng.randint(1, 3) for i in range(rng.choice([3, 10, 200]))]
+        words = [rng.choice(vocab) for _ in range(rng.randint(0, 300))]
+        if trial % 3 == 0 and words:  # long verbatim repeats, as spam has
+            words += words[: rng.randint(1, len(words))]
+        grams = WordGrams(words)
+        for n in (1, 2, 3, 4, 5, 7, 10):
+            assert grams.top_chars(n) == reference_top_chars(words, n), (trial, n)
+            assert grams.repeated_chars(n) == reference_repeated_chars(words, n), (trial, n)

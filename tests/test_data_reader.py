@@ -1,0 +1,186 @@
+"""gpt2core/data.py on shards written by the shard stage's own writer: memory mapping, refusals,
+rank-disjoint epochs, exact resume, and the evaluation iterator.
+
+Every token of the synthetic stream is distinct (its position), so a window is known by its tokens.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+import pipelines.shards as shards_module
+from gpt2core.data import TokenShards, WindowSampler, bits_per_byte, eval_batches, token_dtype
+from pipelines.shards import SplitWriter
+from pipelines.workspace import Workspace
+
+SHA = "ab" * 32
+BLOCK = 15  # windows of 16 tokens
+
+
+def write_shards(root, splits: dict[str, int], vocab_size=60_000, first=0, shard_tokens=1500) -> str:
+    """Shards whose split streams are first, first + 1, ..., in documents of random length."""
+    rng = np.random.default_rng(0)
+    ws, dtype = Workspace(str(root)), token_dtype(vocab_size)
+    manifest = {"tokenizer": {"sha256": SHA, "vocab_size": vocab_size, "eos_id": 1}, "dtype": dtype}
+    manifest["splits"] = {}
+    for split, n_tokens in splits.items():
+        lengths = rng.integers(1, 300, size=n_tokens)
+        lengths = lengths[: np.searchsorted(np.cumsum(lengths), n_tokens) + 1]
+        lengths[-1] -= lengths.sum() - n_tokens
+        writer = SplitWriter(ws, "shards", split, dtype, shard_tokens)
+        tokens = np.arange(first, first + n_tokens).astype(dtype)
+        ends = np.cumsum(lengths)
+        for block in range(0, len(lengths), 5):  # blocks of 5 documents, as the stage receives them
+            start = ends[block - 1] if block else 0
+            docs = lengths[block : block + 5]
+            writer.add(tokens[start : start + docs.sum()], docs, docs * 3)  # pretend 3 bytes per token
+        manifest["splits"][split] = writer.finish()
+    ws.write_json("shards/manifest.json", manifest)
+    return str(root / "shards")
+
+
+@pytest.fixture
+def shards_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_module, "WRITE_BATCH_TOKENS", 400)  # several record batches per file
+    return write_shards(tmp_path, {"train": 20_003, "val": 3_001})
+
+
+def window_ids(x: torch.Tensor) -> list[int]:
+    """Which windows a batch holds: a window's first token is its start position."""
+    return (x[:, 0] // (BLOCK + 1)).tolist()
+
+
+def test_files_are_memory_mapped_and_read_in_place(shards_dir):
+    allocated = pa.total_allocated_bytes()
+    train = TokenShards(shards_dir, "train")
+    assert pa.total_allocated_bytes() == allocated  # nothing was copied into memory
+    assert len(train._arrays) > len(train.manifest["splits"]["train"]["files"])  # batches across files
+    view = train.read(100, 50)
+    assert not view.flags.writeable and not view.flags.owndata  # a view of the mapped file
+    assert view.tolist() == list(range(100, 150))
+    for start in np.random.default_rng(1).integers(0, len(train) - 700, size=200):
+        assert train.read(int(start), 700).tolist() == list(range(start, start + 700))  # spans files
+    assert train.read(0, len(train)).tolist() == list(range(20_003))
+    assert (train.n_tokens, train.dtype) == (20_003, np.uint16)
+    assert train.n_bytes == 3 * 20_003 and train.tokens_per_byte == pytest.approx(1 / 3)
+
+
+def test_batches_are_windows_with_targets_shifted_by_one(shards_dir):
+    sampler = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, seed=3)
+    x, y = sampler.next_batch(8)
+    assert x.shape == y.shape == (8, BLOCK) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert all(start % (BLOCK + 1) == 0 for start in x[:, 0].tolist())  # non-overlapping windows
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_ranks_are_disjoint_and_cover_every_window_once_per_epoch(shards_dir, world_size):
+    shards = TokenShards(shards_dir, "train")
+    samplers = [WindowSampler(shards, BLOCK, rank, world_size, seed=7) for rank in range(world_size)]
+    n_windows = len(shards) // (BLOCK + 1)
+    per_rank = n_windows // world_size
+    epochs = []
+    for epoch in range(2):
+        seen = [window_ids(s.next_batch(per_rank)[0]) for s in samplers]
+        flat = [w for rank in seen for w in rank]
+        assert len(flat) == len(set(flat)) == per_rank * world_size  # disjoint, nobody repeats
+        assert set(flat) <= set(range(n_windows)) and n_windows - len(flat) == n_windows % world_size
+        assert all(s.state_dict()["epoch"] == epoch + 1 for s in samplers)
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]  # a new permutation every epoch
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_resume_after_k_batches_equals_an_uninterrupted_run(shards_dir, world_size):
+    batch, total = 24, 110  # 24 does not divide the windows per rank: batches straddle epochs
+    for rank in range(world_size):
+        straight = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, rank, world_size, seed=11)
+        expected = [straight.next_batch(batch) for _ in range(total)]
+        for k in (0, 1, 5, 52, 105):
+            first = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, rank, world_size, seed=11)
+            got = [first.next_batch(batch) for _ in range(k)]
+            state = json.loads(json.dumps(first.state_dict()))  # as stored in a checkpoint
+            resumed = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, rank, world_size, seed=11)
+            resumed.load_state_dict(state)
+            got += [resumed.next_batch(batch) for _ in range(total - k)]
+            assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected))
+    assert straight.state_dict()["epoch"] >= 2
+
+
+def test_state_from_another_setup_is_refused(shards_dir):
+    shards = TokenShards(shards_dir, "train")
+    state = WindowSampler(shards, BLOCK, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed=1"):
+        WindowSampler(shards, BLOCK, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="world_size=1"):
+        WindowSampler(shards, BLOCK, 0, 2, seed=1).load_state_dict(state)
+
+
+def test_eval_batches_are_fixed_disjoint_and_equal_in_number(shards_dir):
+    val = TokenShards(shards_dir, "val")
+    n_windows = len(val) // (BLOCK + 1)
+    ranks = [[window_ids(x) for x, _ in eval_batches(val, BLOCK, 10, rank, 2)] for rank in range(2)]
+    assert len(ranks[0]) == len(ranks[1])  # every rank runs the same number of forward passes
+    flat = [w for rank in ranks for batch in rank for w in batch]
+    assert sorted(flat) == list(range(n_windows // 2 * 2))
+    assert ranks[0] == [window_ids(x) for x, _ in eval_batches(val, BLOCK, 10, 0, 2)]  # same every time
+    assert len(list(eval_batches(val, BLOCK, 10, max_batches=3))) == 3
+
+
+def test_corrupt_shard_file_is_refused_naming_it(shards_dir):
+    manifest = json.loads(open(f"{shards_dir}/manifest.json").read())
+    name = manifest["splits"]["train"]["files"][1]["name"]
+    with open(f"{shards_dir}/{name}", "r+b") as f:
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match=f"shard file .*{name}: sha256 does not match"):
+        TokenShards(shards_dir, "train")
+    TokenShards(shards_dir, "val")  # the other split is fine
+    assert len(TokenShards(shards_dir, "train", verify=False)) == 20_003
+
+
+def test_tokenizer_mismatch_and_missing_manifest_are_refused(shards_dir, tmp_path):
+    with pytest.raises(ValueError, match="tokenizer sha256 ababababab"):
+        TokenShards(shards_dir, "train", expect_sha256="cd" * 32)
+    with pytest.raises(ValueError, match="vocab size 60000, the model expects 50257"):
+        TokenShards(shards_dir, "train", expect_vocab_size=50257)
+    assert len(TokenShards(shards_dir, "train", expect_sha256=SHA, expect_vocab_size=60_000)) == 20_003
+    with pytest.raises(ValueError, match="no manifest.json"):
+        TokenShards(tmp_path / "nothing", "train")
+    with pytest.raises(ValueError, match="too few"):
+        WindowSampler(TokenShards(shards_dir, "val"), 3_001, 0, 1)
+
+
+def test_large_vocabularies_use_uint32(tmp_path):
+    root = write_shards(tmp_path, {"train": 5_000}, vocab_size=100_000, first=70_000)
+    train = TokenShards(root, "train")
+    assert train.dtype == np.uint32 and train.read(0, 5_000).tolist() == list(range(70_000, 75_000))
+
+
+def test_bits_per_byte_uses_the_split_totals(shards_dir):
+    val = TokenShards(shards_dir, "val")
+    assert bits_per_byte(np.log(2) * 6, val) == pytest.approx(2.0)  # 6 bits/token, 3 bytes/token
+
+
+def test_writer_closes_a_file_after_the_document_that_fills_it(tmp_path):
+    lengths = np.array([700, 900, 100, 1600, 50, 50, 3000, 10])
+    tokens = np.arange(lengths.sum()).astype(np.uint16)
+    writer = SplitWriter(Workspace(str(tmp_path)), "shards", "train", "uint16", 1500)
+    writer.add(tokens[:1700], lengths[:3], lengths[:3] * 2)  # a block ends inside the second file
+    writer.add(tokens[1700:], lengths[3:], lengths[3:] * 2)
+    summary = writer.finish()
+    files = [(f["name"], f["tokens"], f["docs"], f["bytes"]) for f in summary["files"]]
+    assert files == [
+        ("train-00000.arrow", 1600, 2, 3200),
+        ("train-00001.arrow", 1700, 2, 3400),
+        ("train-00002.arrow", 3100, 3, 6200),
+        ("train-00003.arrow", 10, 1, 20),
+    ]
+    assert (summary["tokens"], summary["docs"], summary["bytes"]) == (6410, 8, 12820)

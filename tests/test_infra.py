@@ -1,0 +1,475 @@
+"""infra/ as a reader would check it: every manifest parses, every job command it runs names a real
+job whose own CLI accepts the arguments and whose config loads, every schedule parses, token auth is
+on wherever a Ray cluster starts, nothing listens publicly, and no file holds a credential."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from pipelines import cli
+from pipelines.cli import STAGE_JOBS, job_parser
+from pipelines.config import load_config
+from pipelines.errors import UserError
+from pipelines.tracking import is_secret_name, redact
+from tests.conftest import ROOT
+
+INFRA = ROOT / "infra"
+# What git would commit: a user's own git-ignored secrets files (mlflow.env, ...) are not checked.
+FILES = sorted(
+    ROOT / name
+    for name in subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "infra"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    if (ROOT / name).is_file()
+)
+YAML_FILES = [p for p in FILES if p.suffix in (".yaml", ".yml")]
+# The image puts the repository here (infra/docker/Dockerfile); Kubernetes manifests use absolute paths.
+APP_DIR = re.search(r"^WORKDIR\s+(\S+)", (INFRA / "docker" / "Dockerfile").read_text(), re.M).group(1)
+JOB_CALL = re.compile(r"(?:^|[\s;&|(=])(?:\S*/)?python3?\s+(\S*\bjobs/(\w+)\.py)(.*)")
+SHELL_OPERATOR = set("();<>|&")
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(INFRA))
+
+
+def yaml_docs(path: Path) -> list:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def strings(tree) -> list[str]:
+    if isinstance(tree, dict):
+        return [s for value in tree.values() for s in strings(value)]
+    if isinstance(tree, list):
+        return [s for item in tree for s in strings(item)]
+    return [tree] if isinstance(tree, str) else []
+
+
+def as_manifest(text: str) -> dict | None:
+    """A Kubernetes object held as text inside another (the RayJob in the CronJob's ConfigMap)."""
+    if "apiVersion:" in text and "kind:" in text:
+        inner = yaml.safe_load(text)
+        return inner if isinstance(inner, dict) else None
+    return None
+
+
+def embedded_manifests(doc) -> list[dict]:
+    inner = [m for m in map(as_manifest, strings(doc)) if m is not None]
+    return [obj for m in inner for obj in (m, *embedded_manifests(m))]
+
+
+def yaml_strings(tree) -> list[str]:
+    """The string values of a document, those of embedded manifests in place of their text."""
+    found = []
+    for text in strings(tree):
+        inner = as_manifest(text)
+        found += yaml_strings(inner) if inner is not None else [text]
+    return found
+
+
+def manifests() -> list[tuple[str, dict]]:
+    """Every YAML document in infra/ (and the ones embedded in them), with the file it came from."""
+    return [
+        (rel(path), obj)
+        for path in YAML_FILES
+        for doc in yaml_docs(path)
+        for obj in [doc, *embedded_manifests(doc)]
+    ]
+
+
+def k8s_objects(kind: str | None = None) -> list[tuple[str, dict]]:
+    return [(f, d) for f, d in manifests() if "apiVersion" in d and (kind is None or d.get("kind") == kind)]
+
+
+# --- the job commands ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobCommand:
+    source: str  # file under infra/
+    path: str  # the job file as written, e.g. /home/ray/app/jobs/pretrain.py
+    job: str
+    args: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.source}: python {self.path} {shlex.join(self.args)}"
+
+
+def job_commands_in(text: str, source: str) -> list[JobCommand]:
+    """`python [dir/]jobs/<job>.py ARGS` in shell text, ARGS ending at the first shell operator."""
+    found = []
+    for line in text.replace("\\\n", " ").splitlines():
+        match = JOB_CALL.search(line)
+        if not match:
+            continue
+        lexer = shlex.shlex(match.group(3), posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        args = []
+        for token in lexer:
+            if set(token) <= SHELL_OPERATOR:
+                break
+            args.append(token)
+        found.append(JobCommand(source, match.group(1), match.group(2), tuple(args)))
+    return found
+
+
+def texts_of(path: Path) -> list[str]:
+    """The shell text a file holds: YAML string values and comments, Markdown code blocks, else all."""
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        comments = [line.split("#", 1)[1] for line in text.splitlines() if line.lstrip().startswith("#")]
+        return [*comments, *(s for doc in yaml_docs(path) for s in yaml_strings(doc))]
+    if path.suffix == ".md":
+        return re.findall(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+    return [text]
+
+
+def all_job_commands() -> list[JobCommand]:
+    commands = {c for path in FILES for text in texts_of(path) for c in job_commands_in(text, rel(path))}
+    return sorted(commands, key=str)
+
+
+def repo_path(written: str) -> Path:
+    """A path as a manifest writes it (relative to the checkout, or under the image's APP_DIR)."""
+    if written.startswith(APP_DIR + "/"):
+        written = written[len(APP_DIR) + 1 :]
+    assert not written.startswith(("/", "~")), f"{written} is outside the repository"
+    return ROOT / written
+
+
+COMMANDS = all_job_commands()
+
+
+def test_every_manifest_parses():
+    for path in YAML_FILES:
+        docs = yaml_docs(path)
+        assert docs, f"{rel(path)} holds no YAML document"
+        assert all(isinstance(d, dict) for d in docs), f"{rel(path)}: a document is not a mapping"
+    kinds = {d["kind"] for _, d in k8s_objects()}
+    assert {"RayCluster", "RayJob", "RayCronJob", "CronJob", "Role", "Service", "Deployment"} <= kinds
+
+
+def test_the_schedules_and_submissions_are_all_there():
+    found = {(c.source, c.job) for c in COMMANDS}
+    expected = {
+        ("kuberay/rayjob-pretrain.yaml", "pretrain"),
+        ("kuberay/raycronjob-refresh.yaml", "refresh_corpus"),
+        ("kuberay/cronjob-refresh.yaml", "refresh_corpus"),
+        ("vm/cluster.yaml", "pretrain"),
+        ("vm/cluster.yaml", "refresh_corpus"),
+        ("local/crontab", "refresh_corpus"),
+        ("local/gpt2-refresh.service", "refresh_corpus"),
+        ("README.md", "pretrain"),
+        ("README.md", "refresh_corpus"),
+    }
+    assert expected <= found, f"missing: {expected - found}"
+
+
+def test_stage_jobs_table_matches_the_job_files():
+    for job, stage in STAGE_JOBS.items():
+        assert f'only="{stage}"' in (ROOT / "jobs" / f"{job}.py").read_text(), job
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.source}:{c.job}:{i}" for i, c in enumerate(COMMANDS)])
+def test_job_command_resolves_parses_and_loads_its_config(command):
+    job_file = repo_path(command.path)
+    assert job_file.is_file(), f"{command}: no job file {job_file.relative_to(ROOT)}"
+    assert job_file == ROOT / "jobs" / f"{command.job}.py"
+    try:
+        parser = job_parser(command.job)
+    except UserError as exc:
+        pytest.fail(f"{command}: {exc}")
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(list(command.args))
+    except SystemExit:
+        pytest.fail(f"{command}: the job's CLI rejects it: {stderr.getvalue().strip()}")
+    assert args.config, f"{command}: names no --config"
+    config = repo_path(args.config)
+    assert config.is_file(), f"{command}: config {config.relative_to(ROOT)} does not exist"
+    try:
+        load_config(config, args.overrides)
+    except UserError as exc:
+        pytest.fail(f"{command}: {exc}")
+
+
+def test_job_parser_of_a_job_that_is_no_stage_is_its_build_parser(tmp_path, monkeypatch):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "_path.py").write_text("")
+    (jobs / "custom.py").write_text(
+        "import _path\n"
+        "from pipelines.cli import base_parser\n"
+        "def build_parser():\n"
+        "    parser = base_parser('jobs/custom.py', 'a job of its own')\n"
+        "    parser.add_argument('--only-here', action='store_true')\n"
+        "    return parser\n"
+        "if __name__ == '__main__':\n"
+        "    raise SystemExit('loading a job must not run it')\n"
+    )
+    (jobs / "bare.py").write_text("VALUE = 1\n")
+    monkeypatch.setattr(cli, "JOBS_DIR", jobs)
+    args = job_parser("custom").parse_args(["--config", "c.yaml", "--set", "a.b=1", "--only-here"])
+    assert args.only_here and args.config == "c.yaml" and args.overrides == ["a.b=1"]
+    with pytest.raises(UserError, match="jobs/bare.py defines no build_parser"):
+        job_parser("bare")
+    with pytest.raises(UserError, match="no file jobs/missing.py"):
+        job_parser("missing")
+
+
+# --- schedules ----------------------------------------------------------------------------------------
+def cron_schedules() -> list[tuple[str, str]]:
+    found = [(f, d["spec"]["schedule"]) for f, d in k8s_objects() if d["kind"] in ("CronJob", "RayCronJob")]
+    for line in (INFRA / "local" / "crontab").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            found.append(("local/crontab", " ".join(line.split()[:5])))
+    return found
+
+
+def test_cron_schedules_parse_and_agree():
+    from croniter import croniter
+
+    schedules = cron_schedules()
+    assert {f for f, _ in schedules} == {
+        "kuberay/raycronjob-refresh.yaml",
+        "kuberay/cronjob-refresh.yaml",
+        "local/crontab",
+    }
+    for source, expr in schedules:
+        assert len(expr.split()) == 5 and croniter.is_valid(expr), f"{source}: bad schedule {expr!r}"
+    assert len({expr for _, expr in schedules}) == 1, f"the schedules differ: {schedules}"
+
+
+def unit_entries(path: Path) -> list[tuple[str, str]]:
+    """(key, value) of a systemd unit file; keys such as Environment= repeat."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [tuple(line.split("=", 1)) for line in lines if "=" in line and not line.startswith(("#", ";"))]
+
+
+@pytest.fixture
+def systemd_analyze():
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    return "systemd-analyze"
+
+
+def test_systemd_units_verify_clean(systemd_analyze, tmp_path):
+    """systemd's own checker: known keys, valid specifiers, the commands exist in a checkout at
+    ~/gpt2-platform (this repository, symlinked into a scratch home)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "gpt2-platform").symlink_to(ROOT)
+    units = sorted(str(p) for p in INFRA.glob("local/gpt2-*") if p.suffix in (".service", ".timer"))
+    assert len(units) == 3
+    proc = subprocess.run(
+        [systemd_analyze, "verify", "--man=no", *units],
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), proc.stdout + proc.stderr
+
+
+def test_systemd_timer_calendar_parses(systemd_analyze):
+    calendar = dict(unit_entries(INFRA / "local" / "gpt2-refresh.timer"))["OnCalendar"]
+    proc = subprocess.run([systemd_analyze, "calendar", calendar], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Next elapse" in proc.stdout
+
+
+# --- security defaults --------------------------------------------------------------------------------
+def token_auth_clusters() -> set[str]:
+    names = set()
+    for source, cluster in k8s_objects("RayCluster"):
+        auth = cluster["spec"].get("authOptions") or {}
+        assert auth.get("mode") == "token", (
+            f"{source}: RayCluster {cluster['metadata']['name']} without token auth"
+        )
+        assert auth.get("secretName"), f"{source}: the token should come from a Secret you create"
+        names.add(cluster["metadata"]["name"])
+    return names
+
+
+def test_token_auth_in_every_kuberay_cluster_and_job():
+    clusters = token_auth_clusters()
+    for source, obj in k8s_objects():
+        if obj["kind"] not in ("RayJob", "RayCronJob"):
+            continue
+        spec = obj["spec"]["jobTemplate"] if obj["kind"] == "RayCronJob" else obj["spec"]
+        if "rayClusterSpec" in spec:
+            assert (spec["rayClusterSpec"].get("authOptions") or {}).get("mode") == "token", source
+        else:
+            selected = spec["clusterSelector"]["ray.io/cluster"]
+            assert selected in clusters, f"{source}: runs on {selected!r}, not a token-auth RayCluster here"
+
+
+def test_kuberay_jobs_workspace_is_shared_storage_on_every_ray_pod():
+    workspaces = {
+        a.split("=", 1)[1]
+        for c in COMMANDS
+        if c.source.startswith("kuberay/")
+        for a in c.args
+        if a.startswith("workspace=")
+    }
+    assert workspaces == {"/mnt/workspace"}, workspaces
+    claims = {d["metadata"]["name"]: d["spec"] for _, d in k8s_objects("PersistentVolumeClaim")}
+    specs = [cluster["spec"] for _, cluster in k8s_objects("RayCluster")]
+    groups = [group for spec in specs for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]]
+    for pod in (group["template"]["spec"] for group in groups):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/mnt/workspace"]
+            claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+            assert claims[claim]["accessModes"] == ["ReadWriteMany"], claim
+
+
+def test_vm_cluster_yaml_passes_rays_own_validation():
+    """What `ray up` does first: fill in the provider's defaults, then check against Ray's schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    (cluster,) = yaml_docs(INFRA / "vm" / "cluster.yaml")
+    validate_config(prepare_config(cluster))
+
+
+def test_token_auth_and_loopback_dashboard_on_vms():
+    (cluster,) = yaml_docs(INFRA / "vm" / "cluster.yaml")
+    starts = [
+        c
+        for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+        if "ray start" in c
+    ]
+    assert len(starts) == 2
+    assert all("RAY_AUTH_MODE=token" in c for c in starts), starts
+    assert "--dashboard-host=127.0.0.1" in cluster["head_start_ray_commands"][-1]
+    assert "~/.ray/auth_token" in cluster["file_mounts"]  # Ray's default token path, on every node
+
+
+def test_local_schedule_submits_with_token_auth_to_a_loopback_head():
+    head = unit_entries(INFRA / "local" / "gpt2-ray-head.service")
+    start = dict(head)["ExecStart"]
+    assert "--dashboard-host=127.0.0.1" in start and "--node-ip-address=127.0.0.1" in start
+    for unit in ("gpt2-ray-head.service", "gpt2-refresh.service"):
+        env = [v for k, v in unit_entries(INFRA / "local" / unit) if k == "Environment"]
+        assert "RAY_AUTH_MODE=token" in env, unit
+        assert any(v.startswith("RAY_AUTH_TOKEN_PATH=") for v in env), unit
+    submit = dict(unit_entries(INFRA / "local" / "gpt2-refresh.service"))["ExecStart"]
+    cron = [line for line in (INFRA / "local" / "crontab").read_text().splitlines() if line[:1].isdigit()]
+    for command in (submit, *cron):
+        assert "ray job submit --working-dir . -- python jobs/refresh_corpus.py" in command
+    assert all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=" in c for c in cron)
+
+
+def test_nothing_is_exposed_beyond_the_cluster_or_loopback():
+    kinds = {d["kind"] for _, d in k8s_objects()}
+    assert not kinds & {"Ingress", "Route", "Gateway", "HTTPRoute"}
+    for source, service in k8s_objects("Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", source
+    for source, cluster in k8s_objects("RayCluster"):
+        head = cluster["spec"]["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress"), source
+    (compose,) = yaml_docs(INFRA / "mlflow" / "docker-compose.yaml")
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"compose service {name} publishes {port}"
+
+
+def mlflow_server_commands() -> list[tuple[str, list[str]]]:
+    (compose,) = yaml_docs(INFRA / "mlflow" / "docker-compose.yaml")
+    found = [("mlflow/docker-compose.yaml", compose["services"]["mlflow"]["command"])]
+    for source, deployment in k8s_objects("Deployment"):
+        found += [(source, c["command"]) for c in deployment["spec"]["template"]["spec"]["containers"]]
+    return found
+
+
+def test_mlflow_servers_take_valid_flags_proxy_artifacts_and_refuse_foreign_hosts():
+    """The flags parse with `mlflow server`'s own CLI; the hosts clients use pass MLflow's Host check."""
+    from mlflow.cli import cli
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    (env,) = [d for _, d in k8s_objects("ConfigMap") if d["metadata"]["name"] == "gpt2-env"]
+    ray_pods_use = urlsplit(env["data"]["MLFLOW_TRACKING_URI"]).netloc
+    clients = {
+        "mlflow/docker-compose.yaml": ["127.0.0.1:5000", "localhost:5000"],
+        "mlflow/k8s.yaml": [ray_pods_use],
+    }
+    commands = mlflow_server_commands()
+    assert sorted(source for source, _ in commands) == sorted(clients)
+    for source, command in commands:
+        assert command[:2] == ["mlflow", "server"], source
+        params = cli.commands["server"].make_context("mlflow server", list(command[2:])).params
+        assert params["serve_artifacts"] and not params["disable_security_middleware"], source
+        assert params["backend_store_uri"] is None, f"{source}: the store URI holds a password: use the env"
+        allowed = params["allowed_hosts"].split(",")
+        assert all(is_allowed_host_header(allowed, host) for host in clients[source]), (source, allowed)
+        assert not is_allowed_host_header(allowed, "mlflow.attacker.example"), source
+
+
+@pytest.fixture
+def no_env_secrets(monkeypatch):
+    """redact() without this machine's own secrets, so it reports only what the files hold."""
+    for name in [n for n in os.environ if is_secret_name(n)]:
+        monkeypatch.delenv(name)
+
+
+def test_no_plaintext_credentials_in_any_file(no_env_secrets):
+    for path in FILES:
+        if path.name.endswith(".example"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            literal = re.sub(r"\$\{[^}]*\}|\$\w+", "", line)  # ${VAR} interpolations are not values
+            assert redact(literal) == literal, f"{rel(path)}:{number} holds a credential: {line.strip()}"
+    for source, obj in manifests():
+        assert obj.get("kind") != "Secret", f"{source}: create Secrets from git-ignored env files instead"
+        for env in _env_lists(obj):
+            for entry in env:
+                if is_secret_name(entry["name"]):
+                    assert "value" not in entry, f"{source}: {entry['name']} must come from a Secret"
+    (compose,) = yaml_docs(INFRA / "mlflow" / "docker-compose.yaml")
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if is_secret_name(key):
+                assert str(value).startswith("${"), f"compose {name}: {key} must come from mlflow.env"
+    for path in INFRA.glob("local/*.service"):
+        for key, value in unit_entries(path):
+            if key == "Environment":
+                assert not is_secret_name(value.split("=", 1)[0]), f"{rel(path)}: {value}"
+
+
+def _env_lists(tree) -> list[list[dict]]:
+    """Every container `env:` list in a manifest."""
+    if isinstance(tree, dict):
+        own = [tree["env"]] if isinstance(tree.get("env"), list) else []
+        return own + [e for value in tree.values() for e in _env_lists(value)]
+    if isinstance(tree, list):
+        return [e for item in tree for e in _env_lists(item)]
+    return []
+
+
+def test_example_env_files_hold_placeholders_and_their_copies_are_git_ignored():
+    examples = sorted(INFRA.rglob("*.example"))
+    assert len(examples) >= 4
+    for example in examples:
+        for line in example.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if line.startswith("#") or not sep:
+                continue
+            if is_secret_name(key) or "://" in value and "@" in value:
+                assert value == "" or "change-me" in value, f"{rel(example)}: {key} is not a placeholder"
+        copy = example.with_suffix("")  # mlflow.env.example -> mlflow.env: where the real values go
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(copy)], cwd=ROOT)
+        assert ignored.returncode == 0, f"{copy.relative_to(ROOT)} is not git-ignored"

@@ -1,0 +1,203 @@
+"""DeepSpeed ZeRO stages 0-3 (and offload, and bf16) train the tiny model on 2 CPU workers.
+
+One TorchTrainer run trains every variant in turn inside its worker function, with the loop's own
+building blocks (make_engine, train_step, full_state_dict) on the real shards, and rank 0 writes
+each variant's loss curve and consolidated weights for the test to compare.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines.config import LoopConfig
+from pipelines.deepspeed_config import check_combination, deepspeed_config, resolve_precision
+from pipelines.errors import UserError
+
+STEPS = 20
+BF16_STEPS = 12  # enough to show it trains along the fp32 curve
+# name -> LoopConfig overrides; "zero0" is the reference every fp32 variant must match.
+VARIANTS = {
+    "zero0": {"zero_stage": 0},
+    "zero1": {"zero_stage": 1},
+    "zero2": {"zero_stage": 2},
+    "zero3": {"zero_stage": 3},
+    "zero2_offload_optimizer": {"zero_stage": 2, "offload_optimizer": True},
+    "zero3_offload_params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+    "zero2_bf16": {"zero_stage": 2, "precision": "bf16"},
+}
+
+
+def train_variants(config: dict) -> None:
+    """Ray Train worker: each variant from the same seed, STEPS steps; rank 0 saves the results."""
+    import ray.train
+    import ray.train.torch
+    from safetensors.torch import save_file
+
+    from pipelines.train_loop import LoopSpec, full_state_dict, make_engine, train_step
+    from pipelines.train_task import PretrainTask
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    task: PretrainTask = config["task"]
+    results = {}
+    for name, overrides in VARIANTS.items():
+        loop = LoopConfig(**{**config["loop"], **overrides})
+        spec = LoopSpec(loop=loop, gpt=config["gpt"], task=task)
+        engine, precision = make_engine(spec, world, device)
+        source = task.train_source(rank, world, config["gpt"]["block_size"], loop.seed)
+        losses, norms = [], []
+        for _ in range(BF16_STEPS if loop.precision == "bf16" else STEPS):
+            loss, norm = train_step(engine, source, loop.micro_batch_size, loop.lr, device)
+            losses.append(loss)
+            norms.append(norm)
+        weights = full_state_dict(engine, rank)
+        if rank == 0:
+            save_file(weights, f"{config['out']}/{name}.safetensors")
+            results[name] = {"losses": losses, "norms": norms, "precision": precision}
+    if rank == 0:
+        with open(f"{config['out']}/results.json", "w") as f:
+            json.dump(results, f)
+
+
+@pytest.fixture(scope="module")
+def variants(prepared_workspace, ray_module, tmp_path_factory):
+    import sys
+
+    from ray import cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gpt2core.config import preset
+    from pipelines.train_task import PretrainTask
+
+    out = tmp_path_factory.mktemp("zero")
+    pw = prepared_workspace
+    loop = {"num_workers": 2, "micro_batch_size": 4, "global_batch_size": 16, "lr": 3e-3, "precision": "fp32"}
+    task = PretrainTask(str(pw.shards_dir), str(pw.tokenizer_dir), pw.tokenizer_sha256, 512)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    TorchTrainer(
+        train_variants,
+        train_loop_config={
+            "loop": loop,
+            "gpt": preset("tiny", 512, block_size=64).to_dict(),
+            "task": task,
+            "out": str(out),
+        },
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(name="zero-variants", storage_path=str(out / "ray")),
+    ).fit()
+    results = json.loads((out / "results.json").read_text())
+    weights = {name: load_file(str(out / f"{name}.safetensors")) for name in VARIANTS}
+    return results, weights
+
+
+@pytest.mark.slow
+def test_zero_stages_0_to_3_train_with_the_same_loss_curve(variants):
+    results, _ = variants
+    reference = results["zero0"]["losses"]
+    assert reference[-1] < reference[0] - 0.5  # it learns
+    for name in ("zero1", "zero2", "zero3"):
+        diffs = [abs(a - b) for a, b in zip(results[name]["losses"], reference)]
+        assert max(diffs) < 1e-3, (name, max(diffs))
+
+
+@pytest.mark.slow
+def test_grad_norm_is_reported_for_every_stage_and_agrees(variants):
+    results, _ = variants
+    reference = results["zero0"]["norms"]
+    assert all(n is not None and n > 0 for n in reference)
+    for name in ("zero1", "zero2", "zero3"):
+        assert max(abs(a - b) / b for a, b in zip(results[name]["norms"], reference)) < 1e-3, name
+
+
+@pytest.mark.slow
+def test_consolidated_weights_agree_across_stages_including_zero3(variants):
+    from gpt2core.config import preset
+    from gpt2core.model import GPT
+
+    _, weights = variants
+    reference = weights["zero0"]
+    for name in ("zero1", "zero2", "zero3", "zero2_offload_optimizer", "zero3_offload_params"):
+        assert weights[name].keys() == reference.keys(), name
+        for key, tensor in reference.items():
+            assert weights[name][key].shape == tensor.shape, (name, key)
+            assert weights[name][key].dtype == torch.float32
+            assert torch.allclose(weights[name][key], tensor, atol=1e-4), (name, key)
+    # the weights are the trained ones, not the (seeded, identical on every rank) initialisation
+    torch.manual_seed(LoopConfig().seed)
+    initial = GPT(preset("tiny", 512, block_size=64)).state_dict()
+    for name in ("zero0", "zero3"):
+        assert not torch.allclose(
+            weights[name]["transformer.h.0.mlp.c_fc.weight"], initial["transformer.h.0.mlp.c_fc.weight"]
+        )
+
+
+@pytest.mark.slow
+def test_optimizer_and_parameter_offload_train_like_zero0(variants):
+    results, _ = variants
+    reference = results["zero0"]["losses"]
+    for name in ("zero2_offload_optimizer", "zero3_offload_params"):
+        losses = results[name]["losses"]
+        assert len(losses) == STEPS and losses[-1] < losses[0] - 0.5, name
+        # DeepSpeed's CPU Adam is another AdamW implementation: the same curve to rounding
+        assert max(abs(a - b) for a, b in zip(losses, reference)) < 1e-3, name
+
+
+@pytest.mark.slow
+def test_bf16_trains_on_cpu(variants):
+    results, _ = variants
+    assert results["zero2_bf16"]["precision"] == "bf16"
+    losses, reference = results["zero2_bf16"]["losses"], results["zero0"]["losses"]
+    assert losses[-1] < losses[0] - 0.5
+    assert max(abs(a - b) for a, b in zip(losses, reference)) < 0.1  # bf16 rounding, same trajectory
+
+
+# --- the generated DeepSpeed config (no workers) -------------------------------------------------
+def loop(**overrides) -> LoopConfig:
+    return LoopConfig(**{"num_workers": 2, "micro_batch_size": 4, "global_batch_size": 32, **overrides})
+
+
+def test_deepspeed_config_follows_ours():
+    config = deepspeed_config(
+        loop(zero_stage=3, offload_optimizer=True, offload_params=True, grad_clip=0.5), 2, "bf16", "cuda"
+    )
+    assert config["train_batch_size"] == 32
+    assert config["train_micro_batch_size_per_gpu"] == 4
+    assert config["gradient_accumulation_steps"] == 4  # 32 / (4 * 2)
+    assert config["gradient_clipping"] == 0.5
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert config["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": True}
+    assert config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    plain = deepspeed_config(loop(zero_stage=0), 2, "fp32", "cpu")
+    assert plain["zero_optimization"] == {"stage": 0}
+    assert not plain["bf16"]["enabled"] and not plain["fp16"]["enabled"]
+    assert deepspeed_config(loop(), 4, "fp32", "cpu")["gradient_accumulation_steps"] == 2
+
+
+def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu():
+    assert resolve_precision("auto", "cuda", True) == "bf16"
+    assert resolve_precision("auto", "cuda", False) == "fp32"
+    assert resolve_precision("auto", "cpu", True) == "fp32"
+    assert resolve_precision("bf16", "cpu", True) == "bf16"
+    with pytest.raises(UserError, match="bf16"):
+        resolve_precision("bf16", "cuda", False)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"offload_params": True, "zero_stage": 2}, "train.offload_params"),
+        ({"offload_optimizer": True, "zero_stage": 0}, "train.offload_optimizer"),
+        ({"precision": "fp16"}, "train.precision"),
+    ],
+)
+def test_combinations_deepspeed_rejects_are_one_line_errors(overrides, key):
+    with pytest.raises(UserError, match=key.replace(".", r"\.")) as info:
+        check_combination(loop(**overrides))
+    assert "\n" not in str(info.value)
