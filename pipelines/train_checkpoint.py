@@ -4,14 +4,15 @@ Every rank writes into its own local directory (DeepSpeed: rank 0 the module sta
 ZeRO partition; here: `train_state/rank-NNNNN.json`), then all ranks call `ray.train.report` with
 it, and Ray Train merges the ranks' directories into one checkpoint in storage. A rank's state holds
 what the DeepSpeed checkpoint does not: the optimizer step, tokens seen, the data source position,
-the torch/numpy/python RNG states and the MLflow run id, so that a restart continues exactly.
+the torch/numpy/python RNG states, the early-stopping record and the MLflow run id, so that a restart
+continues exactly (and stops early where the uninterrupted run would).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,18 @@ class TrainState:
     step: int = 0  # optimizer steps done
     tokens: int = 0  # training tokens seen, all ranks
     mlflow_run_id: str | None = None
+    best_val_loss: float | None = None  # early stopping: the best val loss so far ...
+    evals_since_best: int = 0  # ... and the evaluations since it
+
+    def record_eval(self, val_loss: float) -> None:
+        if self.best_val_loss is None or val_loss < self.best_val_loss:
+            self.best_val_loss, self.evals_since_best = val_loss, 0
+        else:
+            self.evals_since_best += 1
+
+    def stalled(self, patience: int) -> bool:
+        """Early stopping: `patience` evaluations without a better val loss (0 = never stop)."""
+        return patience > 0 and self.evals_since_best >= patience
 
 
 def rank_state_file(directory: str | Path, rank: int) -> Path:
@@ -65,17 +78,19 @@ def _jsonable(value: Any) -> Any:
 def save(engine: Any, directory: str | Path, rank: int, state: TrainState, source: Any, extra: dict) -> None:
     """Collective: every rank writes its part of the checkpoint into its own `directory`."""
     engine.save_checkpoint(str(directory), tag=DS_TAG)
+    write_rank_state(directory, rank, state, source, extra)
+
+
+def write_rank_state(directory: str | Path, rank: int, state: TrainState, source: Any, extra: dict) -> None:
     path = rank_state_file(directory, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {
-        "step": state.step,
-        "tokens": state.tokens,
-        "mlflow_run_id": state.mlflow_run_id,
-        "source": source.state_dict(),
-        "rng": rng_state(),
-        **extra,
-    }
+    body = {**asdict(state), "source": source.state_dict(), "rng": rng_state(), **extra}
     path.write_text(json.dumps(body))
+
+
+def train_state(saved: dict[str, Any]) -> TrainState:
+    """The TrainState of a rank's saved state (fields a checkpoint predates keep their defaults)."""
+    return TrainState(**{f.name: saved[f.name] for f in fields(TrainState) if f.name in saved})
 
 
 def read_rank_state(directory: str | Path, rank: int) -> dict[str, Any]:
@@ -96,4 +111,4 @@ def restore(engine: Any, directory: str | Path, rank: int, source: Any) -> Train
         raise ValueError(f"checkpoint {directory}: DeepSpeed found no checkpoint with tag {DS_TAG!r}")
     source.load_state_dict(saved["source"])
     set_rng_state(saved["rng"])
-    return TrainState(saved["step"], saved["tokens"], saved["mlflow_run_id"])
+    return train_state(saved)

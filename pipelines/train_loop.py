@@ -237,8 +237,7 @@ class Worker:
         self.last_eval: dict[str, Any] | None = None
         self.step_metrics: dict[str, float] = {}
         self.step_seconds: list[float] = []
-        self.best_val: float | None = None  # early stopping: the best val loss so far ...
-        self.evals_since_best = 0  # ... and the evaluations since it
+        self.state = TrainState()  # replaced by the fresh or restored state in run()
 
     def run(self) -> dict[str, Any] | None:
         started = time.perf_counter()
@@ -249,6 +248,7 @@ class Worker:
         self.source = spec.task.train_source(rank, self.world_size, self.block_size, loop.seed)
         self.tokens_per_byte = spec.task.eval_tokens_per_byte()
         state, resumed = self._restore()
+        self.state = state  # evaluations record early stopping in it, checkpoints save it
         start_step = state.step
         tick = time.perf_counter()
         self.metrics = self._metrics_log(state, fresh=not resumed) if rank == 0 else _NoMetrics()
@@ -256,9 +256,9 @@ class Worker:
         if not resumed:
             self._eval_and_log(state.step)  # the starting point of the val curve
         self.timing["setup_s"] = time.perf_counter() - started
-        if state.step < loop.max_steps:
+        if state.step < loop.max_steps and not self._stop_early():
             self._train(state, start_step)
-        else:  # finished before, but its last checkpoint lacks the model: write it now, train nothing
+        else:  # finished (or stopped early) before, but its last checkpoint lacks the model: write it now
             self._checkpoint(state, final=True)
         self.timing["worker_s"] = time.perf_counter() - started
         if rank != 0:
@@ -333,10 +333,7 @@ class Worker:
             self.engine, self.spec, self.rank, self.world_size, self.device, self.tokens_per_byte
         )
         self.last_eval = {"step": step, **result.as_dict()}
-        if self.best_val is None or result.loss < self.best_val:  # the same all-reduced loss on every rank
-            self.best_val, self.evals_since_best = result.loss, 0
-        else:
-            self.evals_since_best += 1
+        self.state.record_eval(result.loss)  # the same all-reduced loss on every rank
         self.metrics.log(step, result.metrics())
         if self.rank == 0 and step == 0:
             self._say(f"[{self.spec.label}] step 0 {result.summary()}")
@@ -350,8 +347,7 @@ class Worker:
         return EvalResult(**{k: v for k, v in self.last_eval.items() if k != "step"}).metrics()
 
     def _stop_early(self) -> bool:
-        patience = self.spec.early_stop_patience
-        return patience > 0 and self.evals_since_best >= patience
+        return self.state.stalled(self.spec.early_stop_patience)
 
     def _checkpoint(self, state: TrainState, final: bool) -> None:
         """Collective. The final checkpoint also holds the consolidated model (rank 0's part)."""

@@ -1,6 +1,7 @@
 """Fine-tuning: loss masking on the prompt, LoRA, and the `finetune` stage on a real MLflow server and
 the session Ray - from a registry alias (lineage tags, the champion moves) and from an exported then
-re-imported Hugging Face GPT-2 directory with a GPT-2 BPE tokenizer (the champion stays)."""
+re-imported Hugging Face GPT-2 directory with a GPT-2 BPE tokenizer (the champion stays); continued
+pretraining on plain text (a text file, or the pipeline's shards); early stopping's checkpointed state."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from finetune_inputs import FINETUNE_OVERRIDES, register_model, run_stage, write_pairs_file
 from gpt2_reference import train_bpe
-from prepared_workspace import make_model_dir
+from prepared_workspace import MODULES, make_model_dir, test_corpus_stage
 
 from gpt2core.checkpoint import load_model, save_model
 from gpt2core.config import preset
@@ -23,6 +24,10 @@ from gpt2core.tokenizer import load_tokenizer
 from pipelines.errors import UserError
 from pipelines.finetune import finetune_stage
 from pipelines.finetune_data import IGNORE, build_pairs, build_text, load_rows, read_pairs
+from pipelines.finetune_task import RowSampler
+from pipelines.manifest import manifest_digest
+from pipelines.train_checkpoint import TrainState, read_rank_state, train_state, write_rank_state
+from pipelines.workflow import Runner
 
 NAME = "finetune-test"
 
@@ -148,6 +153,80 @@ def test_finetune_from_a_registry_alias_registers_lineage_and_moves_the_champion
     assert set(fine.state_dict()) == set(base.state_dict())
     assert not torch.equal(fine.transformer.h[0].attn.c_attn.weight, base.transformer.h[0].attn.c_attn.weight)
     assert torch.equal(fine.transformer.wte.weight, base.transformer.wte.weight)  # not a LoRA target
+
+
+def pydoc_text(path, modules=MODULES[:8]):
+    """Continued-pretraining text: the pydoc pages of some stdlib modules (the pretraining corpus holds
+    their docstrings, not pydoc's page layout), as one plain text file."""
+    import importlib
+    import pydoc
+
+    pages = [pydoc.render_doc(importlib.import_module(m), renderer=pydoc.plaintext) for m in modules]
+    path.write_text("\n".join(pages), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("source", ["text_file", "pipeline_shards"])
+def test_continued_pretraining_registers_the_data_digest_and_lowers_its_val_loss(
+    source, prepared_workspace, champion, mlflow_env, ray_local, tmp_path
+):
+    """Plain text, no pairs: a text file (finetune.data) or, with finetune.data unset, the pipeline's
+    own tokenizer and shards stages' outputs (pretraining's task and gate)."""
+    from pipelines.shards import shards_stage
+    from pipelines.tokenizer import tokenizer_stage
+
+    mlflow.set_experiment("finetune-tests")
+    common = (
+        *FINETUNE_OVERRIDES,
+        f"mlflow.registered_model={NAME}-{source}",
+        f"finetune.init_from={champion}",
+        "finetune.num_workers=1",
+        # the pretraining's batch, and a warm-up so the fresh optimizer state does not undo it first
+        "finetune.global_batch_size=16",
+        "finetune.warmup_steps=4",
+    )
+    if source == "text_file":
+        text = pydoc_text(tmp_path / "pages.txt")
+        cfg = prepared_workspace.config(*common, f"workspace={tmp_path / 'ws'}", f"finetune.data={text}")
+        manifest, workspace = run_stage(finetune_stage(), cfg), tmp_path / "ws"
+        digest, rows = hashlib.sha256(text.read_bytes()).hexdigest(), manifest["data"]["splits"]
+        assert manifest["data"]["format"] == "text" and rows["train"]["rows"] > rows["val"]["rows"] >= 1
+    else:  # the prepared workspace's published tokenizer and shards are this config's inputs (its
+        # models/ and checkpoints/ get this run: nothing else reads them)
+        cfg = prepared_workspace.config(*common, "finetune.data=null")
+        runner = Runner(cfg, [test_corpus_stage(), tokenizer_stage(), shards_stage(), finetune_stage()])
+        runner.run(stages=["finetune"])
+        manifest, workspace = runner.published("finetune").manifest, prepared_workspace.workspace
+        digest = manifest_digest(runner.published("shards").manifest)
+        assert manifest["data"]["format"] == "shards"
+    tags = mlflow.MlflowClient().get_model_version(f"{NAME}-{source}", manifest["version"]).tags
+    assert tags["dataset_digest"] == digest and tags["parent_model_uri"] == str(champion.resolve())
+    assert (workspace / manifest["output"] / "model.safetensors").is_file()
+    # the val loss on that data, from the initial model (step 0) to the fine-tuned one
+    val = {
+        m.step: m.value
+        for m in mlflow.MlflowClient().get_metric_history(manifest["mlflow_run_id"], "val_loss")
+    }
+    assert sorted(val) == [0, 6, 12] and val[12] < val[0], val
+
+
+def test_early_stopping_state_survives_a_checkpoint_round_trip(tmp_path):
+    """The training state saved with each checkpoint carries the early-stopping record, so a restarted
+    run stops where the uninterrupted one would (the worker restores exactly this TrainState)."""
+    state = TrainState(step=6, tokens=384, mlflow_run_id="run")
+    for loss in (3.0, 2.5, 2.7):  # the best, then one evaluation without improvement
+        state.record_eval(loss)
+    rows = np.zeros((4, 8), dtype=np.int32)
+    sampler = RowSampler(rows, rows, rank=0, world_size=1, seed=0)
+    write_rank_state(tmp_path, 0, state, sampler, {"val": None})
+    restored = train_state(read_rank_state(tmp_path, 0))
+    assert restored == state and restored.best_val_loss == 2.5 and restored.evals_since_best == 1
+    assert not restored.stalled(2)
+    restored.record_eval(2.6)  # the second evaluation without improvement after the restart
+    assert restored.stalled(2) and not restored.stalled(0)
+    # a checkpoint written before the early-stopping fields existed restores with a fresh record
+    legacy = {"step": 6, "tokens": 384, "mlflow_run_id": "run", "source": {}, "rng": {}}
+    assert train_state(legacy) == TrainState(6, 384, "run")
 
 
 def bpe_model_dir(path, seed: int = 0):
