@@ -50,17 +50,17 @@ def finetune_inputs(cfg: Config) -> tuple[str, ...]:
 
 def _sources_identity(cfg: Config, ws: Workspace) -> Any:
     """What the config's strings do not say: the content of a data file and of a model directory."""
-    from pipelines.train import _explicit_shards_identity
+    from pipelines.train import explicit_shards_identity
 
     f = cfg.finetune
     data = file_identity(f.data, DEMO_PAIRS)
     init = None
     if f.init_from and ":/" not in f.init_from:
         config = Path(f.init_from).expanduser() / "config.json"
-        weights = [p for p in config.parent.glob("*.safetensors")] + list(config.parent.glob("*.bin"))
+        weights = list(config.parent.glob("*.safetensors")) + list(config.parent.glob("*.bin"))
         stat = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(weights)]
         init = {"config": _sha256(config) if config.is_file() else None, "weights": stat}
-    shards = _explicit_shards_identity(cfg, ws) if f.data is None else None
+    shards = explicit_shards_identity(cfg, ws) if f.data is None else None
     return {"data": data, "init": init, "shards": shards}
 
 

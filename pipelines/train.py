@@ -30,12 +30,13 @@ def pretrain_stage() -> Stage:
         sections=("model", "train"),
         inputs=lambda cfg: () if cfg.train.shards else ("tokenizer", "shards"),
         output_dir=lambda cfg, fp: f"models/{run_name(cfg.train, 'pretrain', fp)}",  # checkpoints/<same>
-        fingerprint_extra=_explicit_shards_identity,
+        fingerprint_extra=explicit_shards_identity,
         summary="pretrain GPT-2 with Ray Train + DeepSpeed ZeRO; register the model in MLflow",
     )
 
 
-def _explicit_shards_identity(cfg: Config, ws: Workspace) -> Any:
+def explicit_shards_identity(cfg: Config, ws: Workspace) -> Any:
+    """The digest of the shards manifest named by `train.shards` (pretrain and finetune fingerprints)."""
     if not cfg.train.shards:
         return None
     manifest = _manifest_at(cfg.train.shards)
