@@ -242,4 +242,57 @@ def test_word_grams_equal_the_string_reference():
         grams = WordGrams(words)
         for n in (1, 2, 3, 4, 5, 7, 10):
             assert grams.top_chars(n) == reference_top_chars(words, n), (trial, n)
-            assert grams.repeated_chars(n) == reference_repeated_chars(words, n), (trial, n)
+            repeated = reference_repeated_chars(words, n)
+            assert grams.repeated_chars(n) == repeated, (trial, n)
+            length = max(1, sum(map(len, words)) + len(words) - 1)
+            for share in (0.0, repeated / length, rng.random() * 0.5):  # the boundary itself included
+                assert grams.repeated_share_above(n, length, share) == (repeated / length > share)
+
+
+def test_exact_copies_take_their_outcome_from_the_memo(prose):
+    """A copy gets the outcome a fresh processor computes for it, in the same batch or a later one,
+    whether it was kept or rejected, and says it was recalled."""
+    import pyarrow as pa
+
+    from pipelines.corpus.process import DocumentProcessor
+    from pipelines.corpus.schema import RECORD_SCHEMA
+
+    junk = "Buy now! Buy now! Buy now! " * 40
+    texts = [prose, junk, prose, GERMAN * 3, junk, prose.replace("the", "a", 3)]
+
+    def batch(items):
+        rows = [{"key": k, "source": "s", "format": "text", "text": t, "sec_read": 0.0} for k, t in items]
+        return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+
+    cfg = load_config(None, ["corpus.pii_redaction=true"]).corpus
+    outcome = ("text", "lang", "lang_score", "stage", "reason", "words", "exact_hash", "sig", "bands")
+    alone = [
+        {f: DocumentProcessor(cfg)(batch([(k, t)])).to_pylist()[0][f] for f in outcome}
+        for k, t in enumerate(texts)
+    ]
+    processor = DocumentProcessor(cfg)
+    first = processor(batch(list(enumerate(texts)))).to_pylist()
+    second = processor(batch([(9, prose), (10, junk)])).to_pylist()
+    assert [{f: r[f] for f in outcome} for r in first] == alone
+    assert [{f: r[f] for f in outcome} for r in second] == [alone[0], alone[1]]
+    assert [r["recalled"] for r in first] == [False, False, True, False, True, False]
+    assert [r["recalled"] for r in second] == [True, True]
+    assert alone[1]["reason"] is not None and alone[0]["reason"] is None  # both kinds were recalled
+
+
+def test_memo_forgets_the_oldest_outcomes_past_its_bounds():
+    from pipelines.corpus.memo import OutcomeMemo
+
+    def compute(memo, texts):
+        rows = [{"text": t, "reason": None} for t in texts]
+        fresh, waiting = memo.split(rows)
+        for row in fresh:
+            row.update(lang="en", words=len(row["text"]))
+        memo.settle(fresh, waiting)
+        return [r["recalled"] if "recalled" in r else False for r in rows]
+
+    memo = OutcomeMemo(max_entries=2, max_chars=10)
+    assert compute(memo, ["aaaa", "bbbb", "aaaa"]) == [False, False, True]
+    assert compute(memo, ["cccc"]) == [False]  # 12 characters: "aaaa" (least recently used) goes
+    assert compute(memo, ["bbbb", "aaaa"]) == [True, False]
+    assert compute(memo, ["x" * 11]) == [False] and compute(memo, ["x" * 11]) == [False]  # never fits

@@ -5,6 +5,7 @@
     langid.py    fastText lid.176                    filters.py   Gopher, C4, length (keep or reason)
     pii.py       e-mail / IP redaction               minhash.py   signatures and LSH band keys
     process.py   the per-document steps (Ray Data)   dedup.py     exact + fuzzy dedup (Ray tasks)
+    memo.py      outcomes of exact copies, per worker  wordgrams.py n-gram counts for Gopher repetition
     components.py  connected components kernels      shuffle.py   hash partitioning between tasks
     index.py     the index/ a refresh probes         publish.py   data/ and rejects/ files
     stats.py     stats.json and the funnel           build.py     build_corpus(): all of the above

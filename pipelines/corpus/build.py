@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pipelines.config import CorpusConfig
 from pipelines.corpus import index as corpus_index
 from pipelines.corpus.dedup import deduplicate
-from pipelines.corpus.process import process_batch
+from pipelines.corpus.process import process_batch, warm_up
 from pipelines.corpus.publish import publish_file
 from pipelines.corpus.readers import ReadOptions, read_file
 from pipelines.corpus.shuffle import remote
@@ -71,20 +71,31 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
     """The per-document steps with Ray Data; returns the staging Parquet files (workspace-relative)."""
     import ray.data
 
+    cfg_json = cfg.model_dump_json()
+    # Start a processor (imports, language model) on every CPU while Ray Data plans: a worker
+    # process takes seconds to start, and a small corpus would otherwise run on one of them.
+    warm = [remote(warm_up).remote(cfg_json) for _ in range(int(cluster_cpus()))]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()  # bars for people at a terminal, not for log files
-    groups = file_groups(files, max(4, 4 * int(cluster_cpus())))
-    ds = ray.data.from_items([{"uris": g} for g in groups], override_num_blocks=len(groups))
-    # One task per input file reads it; a different CPU request keeps Ray Data from fusing the read
-    # into the processing tasks, so one large file still spreads over every worker.
-    ds = ds.map_batches(_read_files, batch_size=1, fn_kwargs={"opts": read_options(cfg)}, num_cpus=0.5)
-    ds = ds.map_batches(
-        process_batch,
-        batch_format="pyarrow",
-        batch_size=cfg.batch_docs,
-        fn_kwargs={"cfg_json": cfg.model_dump_json()},
-    )
-    ds.write_parquet(ws.path(staging), filesystem=ws.fs)
+    # Reserving CPUs per operator holds one of two CPUs for the short read tasks: with reservation on,
+    # one worker processed documents alone for seconds at a time. Off for this dataset only.
+    reserving, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, False
+    try:
+        groups = file_groups(files, max(4, 4 * int(cluster_cpus())))
+        ds = ray.data.from_items([{"uris": g} for g in groups], override_num_blocks=len(groups))
+        # One task per input file reads it; a different CPU request keeps Ray Data from fusing the
+        # read into the processing tasks, so one large file still spreads over every worker.
+        ds = ds.map_batches(_read_files, batch_size=1, fn_kwargs={"opts": read_options(cfg)}, num_cpus=0.5)
+        ds = ds.map_batches(
+            process_batch,
+            batch_format="pyarrow",
+            batch_size=cfg.batch_docs,
+            fn_kwargs={"cfg_json": cfg_json},
+        )
+        ds.write_parquet(ws.path(staging), filesystem=ws.fs)
+    finally:
+        ctx.op_resource_reservation_enabled = reserving
+    ray.get(warm)
     return [posixpath.join(staging, f) for f in ws.list_files(staging) if f.endswith(".parquet")]
 
 

@@ -19,8 +19,10 @@ from pipelines.corpus.wordgrams import WordGrams
 TOKEN = re.compile(r"\w+|[^\w\s]+")  # words and runs of punctuation, roughly what NLTK yields
 PUNCTUATION = set(string.punctuation) | set("…–—‘’“”«»„·•►")
 Verdict = bool | tuple[bool, str]
-_SYMBOLS_ONLY = re.compile("[" + re.escape("".join(sorted(PUNCTUATION))) + "]+")
-_LETTER = re.compile(r"[^\W\d_]")  # str.isalpha(), as a regex that runs in C
+# Over tokens joined one per line: tokens made only of punctuation, and tokens without a letter
+# (a token is a run of \w or a run of [^\w\s]; a \w run has no letter when it is all digits and _)
+_SYMBOL_TOKENS = re.compile("(?m)^[" + re.escape("".join(sorted(PUNCTUATION))) + "]+$")
+_NO_LETTER_TOKENS = re.compile(r"(?m)^(?:[^\w\n]+|[\d_]+)$")
 
 
 def tokens(text: str) -> list[str]:
@@ -62,12 +64,16 @@ class GopherQuality:
         text = doc.text
         words = doc.tokens
         n_words = len(words)
-        real_words = [w for w in words if not _SYMBOLS_ONLY.fullmatch(w)]
-        if len(real_words) < self.min_doc_words:
+        # Tokens hold no whitespace, so one per line lets a regex find the symbol-only ones in C
+        one_per_line = "\n".join(words)
+        symbols = _SYMBOL_TOKENS.findall(one_per_line)
+        n_real = n_words - len(symbols)
+        if n_real < self.min_doc_words:
             return False, "short_doc"
-        if len(real_words) > self.max_doc_words:
+        if n_real > self.max_doc_words:
             return False, "long_doc"
-        avg = sum(map(len, real_words)) / len(real_words)
+        real_chars = len(one_per_line) - (n_words - 1) - sum(map(len, symbols))
+        avg = real_chars / n_real
         if avg < self.min_avg_word_length:
             return False, "below_avg_word_length"
         if avg > self.max_avg_word_length:
@@ -83,7 +89,8 @@ class GopherQuality:
         ellipsis_ends = sum(line.rstrip().endswith(("...", "…")) for line in lines)
         if ellipsis_ends / len(lines) > self.max_ellipsis_lines_ratio:
             return False, "too_many_end_ellipsis"
-        if sum(1 for w in words if _LETTER.search(w)) / n_words < self.min_alpha_words_ratio:
+        alpha_words = n_words - len(_NO_LETTER_TOKENS.findall(one_per_line))
+        if alpha_words / n_words < self.min_alpha_words_ratio:
             return False, "below_alpha_words_ratio"
         if len(set(self.stop_words).intersection(words)) < self.min_stop_words:
             return False, "few_stop_words"
@@ -91,16 +98,10 @@ class GopherQuality:
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
-    """(number of repeated items, characters in the repeats)."""
-    seen: set[str] = set()
-    count = chars = 0
-    for item in items:
-        if item in seen:
-            count += 1
-            chars += len(item)
-        else:
-            seen.add(item)
-    return count, chars
+    """(number of repeated items, characters in the repeats): what is left after each item's first
+    occurrence."""
+    distinct = set(items)
+    return len(items) - len(distinct), sum(map(len, items)) - sum(map(len, distinct))
 
 
 @dataclass
@@ -141,7 +142,7 @@ class GopherRepetition:
             if grams.top_chars(n) / len(text) > frac:
                 return False, f"top_{n}_gram"
         for n, frac in self.dup_n_grams:
-            if grams.repeated_chars(n) / len(text) > frac:
+            if grams.repeated_share_above(n, len(text), frac):
                 return False, f"duplicated_{n}_grams"
         return True
 
@@ -157,6 +158,7 @@ POLICY_PHRASES = (
     "use of cookies",
     "use cookies",
 )
+_POLICY = re.compile("|".join(map(re.escape, POLICY_PHRASES)))
 
 
 @dataclass
@@ -174,13 +176,16 @@ class C4Lines:
     def filter(self, doc: Doc) -> Verdict:
         kept, sentences = [], 0
         for raw_line in doc.text.splitlines():
-            line = CITATION.sub("", raw_line.strip())
-            words = line.split()
-            if any(len(w) > self.max_word_length for w in words):
-                continue
+            line = raw_line.strip()
+            if "[" in line:
+                line = CITATION.sub("", line)
+            # cheapest test first: every rule up to lorem ipsum only skips the line
             if self.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith("...")):
                 continue
+            words = line.split()
             if len(words) < self.min_words_per_line:
+                continue
+            if len(line) > self.max_word_length and any(len(w) > self.max_word_length for w in words):
                 continue
             lower = line.lower()
             if self.filter_lorem_ipsum and "lorem ipsum" in lower:
@@ -189,7 +194,7 @@ class C4Lines:
                 continue
             if self.filter_curly_bracket and "{" in line:
                 return False, "curly_bracket"
-            if self.filter_policy and any(p in lower for p in POLICY_PHRASES):
+            if self.filter_policy and _POLICY.search(lower):
                 continue
             sentences += max(1, len(SENTENCE_END.findall(line)))
             kept.append(line)

@@ -61,11 +61,10 @@ class MinHasher:
     def num_perm(self) -> int:
         return self.bands * self.rows
 
-    def shingles(self, text: str) -> np.ndarray:
-        """32-bit hashes of the word n-grams of `text` (one shingle for a text shorter than n words)."""
-        word_hashes = np.fromiter(
-            (xxhash.xxh3_64_intdigest(w.encode()) for w in words(text)), dtype=_U64, count=-1
-        )
+    def shingles(self, word_list: list[str]) -> np.ndarray:
+        """32-bit hashes of the word n-grams (one shingle for a text shorter than n words)."""
+        hashes = {w: xxhash.xxh3_64_intdigest(w.encode()) for w in dict.fromkeys(word_list)}
+        word_hashes = np.fromiter(map(hashes.__getitem__, word_list), _U64, len(word_list))
         n = self.ngram
         if len(word_hashes) < n:  # too short for one n-gram: the whole text is the only shingle
             word_hashes = np.concatenate([word_hashes, np.zeros(n - len(word_hashes), _U64)])
@@ -78,13 +77,17 @@ class MinHasher:
 
     def signatures(self, texts: list[str]) -> np.ndarray:
         """(len(texts), num_perm) uint32 MinHash signatures."""
-        if not texts:
+        return self.signatures_of_words([words(t) for t in texts])
+
+    def signatures_of_words(self, word_lists: list[list[str]]) -> np.ndarray:
+        """Signatures of texts already split by `words` (callers that also count the words)."""
+        if not word_lists:
             return np.zeros((0, self.num_perm), np.uint32)
-        parts = [self.shingles(t) for t in texts]
+        parts = [self.shingles(w) for w in word_lists]
         offsets = np.zeros(len(parts), np.int64)
         np.cumsum([len(p) for p in parts[:-1]], out=offsets[1:])
         x = np.concatenate(parts)
-        out = np.empty((len(texts), self.num_perm), np.uint32)
+        out = np.empty((len(word_lists), self.num_perm), np.uint32)
         buf = np.empty((_PERM_CHUNK, len(x)), _U64)  # reused: fresh temporaries cost 10x the math
         with np.errstate(over="ignore"):
             for start in range(0, self.num_perm, _PERM_CHUNK):

@@ -8,8 +8,10 @@ import unicodedata
 
 REPLACEMENT = "\ufffd"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
-_SPACES = re.compile(r"[^\S\n]+")  # any whitespace except newline (tabs, NBSP, ideographic space, ...)
-_LINE_EDGES = re.compile(r" *\n *")
+# Runs of whitespace other than newline (tabs, NBSP, ideographic space, ...) that are not already a
+# single space: matching every plain space would make a substitution per word.
+_SPACES = re.compile(r"[^\S\n ][^\S\n]*| [^\S\n]+")
+_LINE_EDGES = re.compile(r" +\n *|\n +")  # spaces around a newline (a bare newline needs no work)
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -26,5 +28,8 @@ def normalize_text(text: str) -> str:
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _CONTROL.sub("", text)
     text = _SPACES.sub(" ", text)
-    text = _LINE_EDGES.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    if " \n" in text or "\n " in text:  # a substring test is ~10x cheaper than a regex pass
+        text = _LINE_EDGES.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()

@@ -1,6 +1,8 @@
 """The per-document steps, run on Ray Data batches: extract -> normalise -> language -> quality
 filters -> PII -> MinHash. A record rejected by one step passes the later ones untouched, so each
-batch keeps every record and each rejected record names its stage and reason.
+batch keeps every record and each rejected record names its stage and reason. The steps after
+normalisation depend on the text alone, so an exact copy of a text this worker has seen takes their
+outcome from a memo (memo.py) instead of running them again.
 
 Each step's CPU time is spread over the batch's rows (`sec_<step>` columns), so the funnel's
 per-stage seconds are plain column sums later, with no shared counters between workers.
@@ -20,6 +22,7 @@ from pipelines.config import CorpusConfig
 from pipelines.corpus import filters as qf
 from pipelines.corpus.extract import ExtractTimeout, decode_html, extract_text
 from pipelines.corpus.langid import identify
+from pipelines.corpus.memo import OutcomeMemo
 from pipelines.corpus.minhash import MinHasher, words
 from pipelines.corpus.normalize import decode_utf8, normalize_text, replacement_chars
 from pipelines.corpus.pii import redact
@@ -41,9 +44,11 @@ class DocumentProcessor:
         self.cfg = cfg
         self.filters = qf.make_filters(cfg.filters, cfg.filter_params)
         self.hasher = minhasher(cfg)
-        self.steps: list[tuple[str, Callable[[list[dict]], None]]] = [
-            ("extract", self.extract),
-            ("normalize", self.normalize),
+        self.memo = OutcomeMemo()
+        Step = tuple[str, Callable[[list[dict]], None]]
+        self.text_steps: list[Step] = [("extract", self.extract), ("normalize", self.normalize)]
+        # Pure functions of the normalised text: an exact copy takes their outcome from the memo.
+        self.text_function_steps: list[Step] = [
             ("language", self.language),
             ("quality", self.quality),
             ("pii", self.pii),
@@ -52,15 +57,24 @@ class DocumentProcessor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        for name, step in self.steps:
-            with self._timed(rows, name):
-                live = [r for r in rows if r["reason"] is None]
-                if live:
-                    step(live)
+        for row in rows:
+            row["recalled"] = False
+        self._run(self.text_steps, rows, rows)
+        fresh, waiting = self.memo.split([r for r in rows if r["reason"] is None])
+        self._run(self.text_function_steps, rows, fresh)
+        self.memo.settle(fresh, waiting)
         for row in rows:
             if row["reason"] is not None:  # rejected: keep the record, not its payload
                 row.update(text=None, exact_hash=None, sig=None, bands=None)
         return pa.Table.from_pylist(rows, schema=STAGING_SCHEMA)
+
+    def _run(self, steps, rows: list[dict], todo: list[dict]) -> None:
+        """Each step on the rows of `todo` not rejected yet; its CPU time is spread over `rows`."""
+        for name, step in steps:
+            with self._timed(rows, name):
+                live = [r for r in todo if r["reason"] is None]
+                if live:
+                    step(live)
 
     @contextmanager
     def _timed(self, rows: list[dict], name: str):
@@ -120,12 +134,12 @@ class DocumentProcessor:
                 row["text"], row["pii_redactions"] = redact(row["text"])
 
     def minhash(self, rows: list[dict]) -> None:
-        texts = [r["text"] for r in rows]
-        sigs = self.hasher.signatures(texts)
+        word_lists = [words(r["text"]) for r in rows]
+        sigs = self.hasher.signatures_of_words(word_lists)
         bands = self.hasher.band_keys(sigs)
-        for row, text, sig, band in zip(rows, texts, sigs, bands):
-            row["words"] = len(words(text))
-            row["exact_hash"] = xxhash.xxh3_64_intdigest(text.encode())
+        for row, word_list, sig, band in zip(rows, word_lists, sigs, bands):
+            row["words"] = len(word_list)
+            row["exact_hash"] = xxhash.xxh3_64_intdigest(row["text"].encode())
             row["sig"], row["bands"] = sig, band
 
 
@@ -133,6 +147,13 @@ class DocumentProcessor:
 def _processor(cfg_json: str) -> DocumentProcessor:
     """One processor per worker process and config: the language model and filters load once."""
     return DocumentProcessor(CorpusConfig.model_validate_json(cfg_json))
+
+
+def warm_up(cfg_json: str) -> None:
+    """Build this process's processor and run its models once (imports, language model, extractor)."""
+    processor = _processor(cfg_json)
+    identify(["warm up"])
+    extract_text("<p>warm up</p>", processor.cfg.extractor, 0)
 
 
 def process_batch(batch: pa.Table, cfg_json: str) -> pa.Table:

@@ -77,5 +77,6 @@ def publish_file(fidx: int, ws_uri: str, staging_rel: str, out: str, *decision_c
         "kept_chars": int(pc.sum(pc.utf8_length(data["text"])).as_py() or 0),
         "dropped": dict(by_reason),
         "dropped_by_stage": dict(by_stage),
+        "recalled_docs": int(pc.sum(table["recalled"]).as_py() or 0),
         "seconds": {c.removeprefix("sec_"): float(pc.sum(table[c]).as_py() or 0.0) for c in TIMING_COLUMNS},
     }

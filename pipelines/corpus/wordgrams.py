@@ -1,37 +1,46 @@
 """Word n-gram statistics for the Gopher repetition rules, on integer word ids with numpy.
 
 Equal to datatrove's string-based loops (tests hold them against a plain reference) at a fraction
-of the cost: each word is looked up once, n-grams are 64-bit hashes of id windows (a collision
-needs two different n-grams of one document to share 64 bits), and the greedy repeated-span scan
-visits only n-grams that occur more than once, since a singleton can never be "seen before".
+of the cost: each distinct word is looked up once, an n-gram is a 64-bit polynomial key of its
+word ids (a collision needs two different n-grams of one document to share 64 bits), built from
+the (n-1)-gram keys in one pass; a hash table (pandas' factorize, no sort) numbers the n-grams in
+order of first appearance; and the greedy repeated-span scan visits only n-grams that occur more
+than once, since a singleton can never be "seen before".
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
 
-from pipelines.corpus.minhash import mix64
+import numpy as np
 
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
 
 class WordGrams:
     def __init__(self, words: list[str]):
-        vocab: dict[str, int] = {}
-        self.ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.uint64, len(words))
+        index = {w: i for i, w in enumerate(dict.fromkeys(words))}  # a Python step per distinct word only
+        self.ids = np.fromiter(map(index.__getitem__, words), np.uint64, len(words))
         lengths = np.fromiter(map(len, words), np.int64, len(words))
         self.prefix = np.concatenate([[0], np.cumsum(lengths)])  # characters before word i
+        self._keys = {0: np.zeros(len(words) + 1, np.uint64)}  # n -> one key per n-gram position
 
     def keys(self, n: int) -> np.ndarray:
-        """One uint64 per n-gram position."""
-        count = len(self.ids) - n + 1
-        if count <= 0:
-            return np.zeros(0, np.uint64)
-        key = np.zeros(count, np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(n):
-                key = key * _MULTIPLIER + self.ids[k : k + count] + np.uint64(1)
-        return mix64(key)
+        """One uint64 per n-gram position: key_n[i] = key_(n-1)[i] * M + id[i + n - 1] + 1."""
+        if n not in self._keys:
+            shorter = self.keys(n - 1)
+            count = max(0, len(self.ids) - n + 1)
+            with np.errstate(over="ignore"):
+                self._keys[n] = shorter[:count] * _MULTIPLIER + self.ids[n - 1 : n - 1 + count] + np.uint64(1)
+        return self._keys[n]
+
+    def codes(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(code per n-gram position, occurrences per code); codes count up in order of first
+        appearance, so a smaller code is an n-gram seen earlier."""
+        import pandas as pd  # not at the top: config validation imports the filters, and must stay cheap
+
+        codes = pd.factorize(self.keys(n))[0]
+        return codes, np.bincount(codes)
 
     def chars(self, start: int, n: int) -> int:
         """Characters of the n words from `start`, without separators."""
@@ -39,31 +48,38 @@ class WordGrams:
 
     def top_chars(self, n: int) -> int:
         """len(" ".join(g)) * count(g) of the most frequent n-gram g (the first seen among ties)."""
-        keys = self.keys(n)
-        if not len(keys):
+        codes, counts = self.codes(n)
+        if not len(codes):
             return 0
-        _, first, counts = np.unique(keys, return_index=True, return_counts=True)
-        top = counts.max()
-        start = int(first[counts == top].min())
-        return (self.chars(start, n) + n - 1) * int(top)
+        top = int(np.argmax(counts))  # the first maximum: the earliest n-gram among the most frequent
+        start = int(np.argmax(codes == top))
+        return (self.chars(start, n) + n - 1) * int(counts[top])
 
     def repeated_chars(self, n: int) -> int:
         """Characters in repeated n-grams, scanning left to right and jumping past each repeat
         (datatrove's find_all_duplicate)."""
-        keys = self.keys(n)
-        if not len(keys):
-            return 0
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        candidates = np.flatnonzero(counts[inverse] > 1)
+        return self._scan_repeats(n, lambda chars: False)
+
+    def repeated_share_above(self, n: int, length: int, share: float) -> bool:
+        """repeated_chars(n) / length > share; the scan stops as soon as it is."""
+        over = lambda chars: chars / length > share  # noqa: E731
+        return over(self._scan_repeats(n, over))
+
+    def _scan_repeats(self, n: int, done: Callable[[int], bool]) -> int:
+        codes, counts = self.codes(n)
+        candidates = np.flatnonzero(counts[codes] > 1)
+        spans = (self.prefix[candidates + n] - self.prefix[candidates]).tolist()
         seen: set[int] = set()
         chars, position = 0, 0
-        for start, key in zip(candidates.tolist(), keys[candidates].tolist()):
+        for start, code, span in zip(candidates.tolist(), codes[candidates].tolist(), spans):
             if start < position:
                 continue  # inside a repeat that was just counted
-            if key in seen:
-                chars += self.chars(start, n)
+            if code in seen:
+                chars += span
+                if done(chars):
+                    break
                 position = start + n
             else:
-                seen.add(key)
+                seen.add(code)
                 position = start + 1
         return chars

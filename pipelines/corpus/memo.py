@@ -1,0 +1,69 @@
+"""What the steps after normalisation made of a text, remembered by a 128-bit hash of that text.
+
+Language id, the quality filters, PII redaction and MinHash are pure functions of the normalised
+text (under one config), so an exact copy of a page seen before in the same worker process (a
+mirror, a re-crawl, a template page) takes its outcome from here instead of being recomputed. The
+outcome is the same either way: rejects keep their stage and reason, copies still reach exact dedup
+and are dropped there. Copies inside one batch wait for their first to be computed. The memo holds
+at most `max_entries` outcomes and `max_chars` of kept text (a reject's outcome holds no text) and
+forgets the oldest first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import xxhash
+
+# Row fields the later steps write.
+OUTCOME = ("lang", "lang_score", "stage", "reason", "detail", "text", "pii_redactions", "words", "exact_hash")
+OUTCOME_ARRAYS = ("sig", "bands")
+
+
+def text_key(text: str) -> bytes:
+    return xxhash.xxh3_128_digest(text.encode())
+
+
+class OutcomeMemo:
+    def __init__(self, max_entries: int = 50_000, max_chars: int = 32_000_000):
+        self.max_entries, self.max_chars = max_entries, max_chars
+        self._outcomes: OrderedDict[bytes, dict] = OrderedDict()
+        self._chars = 0
+
+    def split(self, rows: list[dict]) -> tuple[list[dict], dict[bytes, list[dict]]]:
+        """Fill the rows whose text was seen before; return the rows still to compute (one per
+        distinct text) and the copies waiting on each of them (key -> rows)."""
+        fresh, waiting = [], {}
+        for row in rows:
+            key = text_key(row["text"])
+            if key in self._outcomes:
+                self._outcomes.move_to_end(key)
+                row.update(self._outcomes[key], recalled=True)
+            elif key in waiting:
+                waiting[key].append(row)
+            else:
+                waiting[key] = []
+                row["_memo_key"] = key
+                fresh.append(row)
+        return fresh, waiting
+
+    def settle(self, fresh: list[dict], waiting: dict[bytes, list[dict]]) -> None:
+        """Remember the computed rows and give their outcome to the copies that waited."""
+        for row in fresh:
+            key = row.pop("_memo_key")
+            outcome = {f: row.get(f) for f in (*OUTCOME, *OUTCOME_ARRAYS)}
+            for copy in waiting[key]:
+                copy.update(outcome, recalled=True)
+            self._remember(key, outcome)
+
+    def _remember(self, key: bytes, outcome: dict) -> None:
+        size = len(outcome["text"] or "") if outcome["reason"] is None else 0
+        if size > self.max_chars:
+            return
+        if outcome["reason"] is not None:
+            outcome = {**outcome, "text": None}  # a reject's text is never published
+        self._outcomes[key] = outcome
+        self._chars += size
+        while self._chars > self.max_chars or len(self._outcomes) > self.max_entries:
+            _, old = self._outcomes.popitem(last=False)
+            self._chars -= len(old["text"] or "")
