@@ -139,6 +139,28 @@ def measure_once(task: str, runner) -> tuple[float, float, list | None]:
     return n / wall, 1000 * cpu / n, tokens if task == "generate" else None
 
 
+# Matrix-multiply kernels (self time: what the kernel itself ran, not its callers).
+GEMM_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::addmm_",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_addmm_activation",
+}
+
+
+def gemm_seconds(task: str, runner) -> float:
+    """Seconds one timed unit spends inside GEMM kernels, by torch.profiler. With the same GEMMs in
+    both implementations, their_seconds / our_gemm_seconds bounds any speedup of ours: the ceiling
+    if everything but our matrix multiplies took no time at all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        runner() if task == "train" else runner(GEN_NEW)
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS) / 1e6
+
+
 def worker(spec: dict) -> dict:
     """Load the listed implementations, then time them in alternation (same load for both); the
     best of `rounds` counts. With one implementation, peak RSS is that implementation's alone."""
@@ -175,6 +197,8 @@ def worker(spec: dict) -> dict:
                 best.update(tokens_per_s=speed, tokens=tokens)
     results["rounds"] = rounds
     peak = (peak_rss_bytes() - base) / 2**20
+    for impl in spec["impls"]:
+        results[impl]["gemm_s"] = gemm_seconds(spec["task"], runners[impl])
     for impl in spec["impls"]:
         results[impl]["peak_mb"] = peak if len(spec["impls"]) == 1 else None
     # This dtype's matmul peak, measured in the same process under the same load.
@@ -244,6 +268,14 @@ def summarise(shape: str, task: str, dtype: str, result: dict, peak_flops: float
         }
     row["speedup"] = round(result["speedup"], 2)
     row["cpu_speedup"] = round(result["cpu_speedup"], 2)
+    tokens = TRAIN_BATCH * TRAIN_SEQ if task == "train" else GEN_BATCH * GEN_NEW
+    for impl in IMPLS:
+        seconds = tokens / result[impl]["tokens_per_s"]
+        row[impl]["gemm_share"] = round(result[impl]["gemm_s"] / seconds, 3)
+    # Their best unit time over our GEMM time alone: no speedup past this without faster GEMMs.
+    row["speedup_ceiling"] = round(
+        tokens / result["transformers"]["tokens_per_s"] / result["gpt2core"]["gemm_s"], 2
+    )
     if task == "generate":
         ours, theirs = result["gpt2core"]["tokens"], result["transformers"]["tokens"]
         same = sum(x == y for a, b in zip(ours, theirs) for x, y in zip(a, b))
@@ -287,8 +319,8 @@ def measure(args) -> dict:
 HEADER = (
     "| shape | task | dtype | gpt2core tok/s | transformers tok/s | speedup (wall) "
     "| gpt2core CPU s/1k tok | transformers CPU s/1k tok | speedup (CPU) | gpt2core MFU | transformers MFU "
-    "| gpt2core peak MB | transformers peak MB | same tokens |\n"
-    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    "| gpt2core peak MB | transformers peak MB | same tokens | GEMM share (ours / theirs) | speedup ceiling |\n"
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
 )
 
 
@@ -301,7 +333,8 @@ def format_row(row: dict) -> str:
         f"| {row['shape']} | {row['task']} | {row['dtype']} | {ours['tokens_per_s']:.1f} | "
         f"{theirs['tokens_per_s']:.1f} | {row['speedup']:.2f}x | {ours['cpu_s_per_1k']:.2f} | "
         f"{theirs['cpu_s_per_1k']:.2f} | {row['cpu_speedup']:.2f}x | {ours['mfu']:.1%} | {theirs['mfu']:.1%} | "
-        f"{ours['peak_mb']} | {theirs['peak_mb']} | {same} |"
+        f"{ours['peak_mb']} | {theirs['peak_mb']} | {same} | {ours['gemm_share']:.0%} / {theirs['gemm_share']:.0%} | "
+        f"{row['speedup_ceiling']:.2f}x |"
     )
 
 
