@@ -169,6 +169,7 @@ def prepare_data(ctx: StageContext, init: InitModel, run_dir: Path) -> Prepared:
     from gpt2core.tokenizer import load_tokenizer
     from pipelines import finetune_data
     from pipelines.finetune_task import FinetuneTask, PairsGate
+    from pipelines.registry import gate_resources
 
     loop = ctx.cfg.finetune
     if loop.data is None:
@@ -194,13 +195,7 @@ def prepare_data(ctx: StageContext, init: InitModel, run_dir: Path) -> Prepared:
         tokenizer.vocab_size,
         info["splits"]["val"]["tokens_per_byte"],
     )
-    gate = PairsGate(
-        str(data_dir),
-        loop.micro_batch_size * loop.num_workers,
-        loop.eval_batches,
-        loop.cpus_per_worker,
-        1 if loop.use_gpu else 0,
-    )
+    gate = PairsGate(str(data_dir), **gate_resources(loop))
     info["data_dir"] = str(data_dir)
     return Prepared(task, gate, gpt, info, str(source), _sha256(source))
 
@@ -233,7 +228,7 @@ def _data_file(ctx: StageContext, run_dir: Path) -> Path:
 def _shards_data(ctx: StageContext, init: InitModel) -> Prepared:
     """Continued pretraining on the pipeline's shards (or train.shards): pretraining's task and gate."""
     from pipelines.manifest import manifest_digest
-    from pipelines.registry import GateData
+    from pipelines.registry import GateData, gate_resources
     from pipelines.train import check_windows, resolve_model, resolve_shards
     from pipelines.train_task import PretrainTask
 
@@ -244,14 +239,7 @@ def _shards_data(ctx: StageContext, init: InitModel) -> Prepared:
     task = PretrainTask(
         shards.dir, shards.tokenizer_dir, shards.tokenizer_sha256, shards.vocab_size, "finetune"
     )
-    gate = GateData(
-        shards.dir,
-        shards.tokenizer_dir,
-        loop.micro_batch_size * loop.num_workers,
-        loop.eval_batches,
-        loop.cpus_per_worker,
-        1 if loop.use_gpu else 0,
-    )
+    gate = GateData(shards.dir, shards.tokenizer_dir, **gate_resources(loop))
     info = {"format": "shards", "splits": shards.manifest["splits"]}
     return Prepared(task, gate, gpt, info, shards.dir, manifest_digest(shards.manifest))
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.finetune_data import IGNORE, load_rows
+from pipelines.registry import GateResources
 
 
 class RowSampler:
@@ -87,16 +88,12 @@ class FinetuneTask:
 
 
 @dataclass(frozen=True)
-class PairsGate:
+class PairsGate(GateResources):
     """Champion-gate data for fine-tuning (registry.champion_gate): the val pairs as text, encoded by
     each model with its own tokenizer and context; bits per byte of the completions compare models
     whatever their tokenizers."""
 
     data_dir: str
-    batch_size: int
-    max_batches: int
-    num_cpus: int = 1
-    num_gpus: int = 0
 
     @property
     def val_data(self) -> str:

@@ -26,16 +26,33 @@ CHAMPION = "champion"
 _REQUIREMENTS = ("torch", "safetensors", "sentencepiece", "tokenizers", "numpy", "mlflow")
 
 
-@dataclass(frozen=True)
-class GateData:
-    """Where and how the gate evaluates: validation shards, batches as the training loop, resources."""
+@dataclass(frozen=True, kw_only=True)
+class GateResources:
+    """How the gate evaluates, whatever its data: batches and resources as the training loop's."""
 
-    shards_dir: str
-    tokenizer_dir: str  # the shards' tokenizer (to re-encode for a champion with another one)
     batch_size: int
     max_batches: int
     num_cpus: int = 1
     num_gpus: int = 0
+
+
+def gate_resources(loop) -> dict[str, int]:
+    """GateResources fields of a training loop config: its global micro batch and eval batches,
+    one worker's CPUs and GPU."""
+    return {
+        "batch_size": loop.micro_batch_size * loop.num_workers,
+        "max_batches": loop.eval_batches,
+        "num_cpus": loop.cpus_per_worker,
+        "num_gpus": 1 if loop.use_gpu else 0,
+    }
+
+
+@dataclass(frozen=True)
+class GateData(GateResources):
+    """The pretraining gate's data: validation shards and their tokenizer."""
+
+    shards_dir: str
+    tokenizer_dir: str  # the shards' tokenizer (to re-encode for a champion with another one)
 
     @property
     def val_data(self) -> str:

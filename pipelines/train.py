@@ -176,7 +176,7 @@ def resolve_init(loop: LoopConfig, run_dir: Path, section: str) -> Path | None:
 
 # --- the stage -----------------------------------------------------------------------------------
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
-    from pipelines.registry import GateData
+    from pipelines.registry import GateData, gate_resources
     from pipelines.train_launch import prepare, publish, run_dir, train
     from pipelines.train_task import PretrainTask
 
@@ -188,14 +188,7 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     task = PretrainTask(shards.dir, shards.tokenizer_dir, shards.tokenizer_sha256, shards.vocab_size)
     launch = prepare(ctx, loop, "train", task, gpt, init_dir, shards_dataset(shards))
     summary, checkpoint = train(launch, ctx.log)
-    gate = GateData(
-        shards_dir=shards.dir,
-        tokenizer_dir=shards.tokenizer_dir,
-        batch_size=loop.micro_batch_size * loop.num_workers,
-        max_batches=loop.eval_batches,
-        num_cpus=loop.cpus_per_worker,
-        num_gpus=1 if loop.use_gpu else 0,
-    )
+    gate = GateData(shards.dir, shards.tokenizer_dir, **gate_resources(loop))
     result = publish(ctx, launch, summary, checkpoint, gate)
     return {**result, "shards": shards.dir, "tokenizer_sha256": shards.tokenizer_sha256, "model": gpt}
 

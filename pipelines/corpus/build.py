@@ -72,9 +72,10 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
     import ray.data
 
     cfg_json = cfg.model_dump_json()
-    # Start a processor (imports, language model) on every CPU while Ray Data plans: a worker
-    # process takes seconds to start, and a small corpus would otherwise run on one of them.
-    warm = [remote(warm_up).remote(cfg_json) for _ in range(int(cluster_cpus()))]
+    # Start a processor (imports, language model) in a worker per CPU while Ray Data plans: a worker
+    # process takes seconds to start, and a small corpus would otherwise run on one of them. No CPU
+    # is reserved for it, so Ray Data never sees a cluster without free CPUs.
+    warm = [remote(warm_up).options(num_cpus=0).remote(cfg_json) for _ in range(int(cluster_cpus()))]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()  # bars for people at a terminal, not for log files
     # Reserving CPUs per operator holds one of two CPUs for the short read tasks: with reservation on,
