@@ -135,8 +135,13 @@ def measure_once(task: str, runner) -> tuple[float, float, list | None]:
     wall, cpu = time.perf_counter(), time.process_time()
     tokens = runner() if task == "train" else runner(GEN_NEW)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    n = TRAIN_BATCH * TRAIN_SEQ if task == "train" else GEN_BATCH * GEN_NEW
+    n = unit_tokens(task)
     return n / wall, 1000 * cpu / n, tokens if task == "generate" else None
+
+
+def unit_tokens(task: str) -> int:
+    """Tokens in one timed unit: a training step's batch, or a whole batch generation's new tokens."""
+    return TRAIN_BATCH * TRAIN_SEQ if task == "train" else GEN_BATCH * GEN_NEW
 
 
 # Matrix-multiply kernels (self time: what the kernel itself ran, not its callers).
@@ -199,7 +204,6 @@ def worker(spec: dict) -> dict:
     peak = (peak_rss_bytes() - base) / 2**20
     for impl in spec["impls"]:
         results[impl]["gemm_s"] = gemm_seconds(spec["task"], runners[impl])
-    for impl in spec["impls"]:
         results[impl]["peak_mb"] = peak if len(spec["impls"]) == 1 else None
     # This dtype's matmul peak, measured in the same process under the same load.
     results["peak_flops"] = measure_peak_flops(torch.bfloat16 if bf16 else torch.float32)
@@ -268,7 +272,7 @@ def summarise(shape: str, task: str, dtype: str, result: dict, peak_flops: float
         }
     row["speedup"] = round(result["speedup"], 2)
     row["cpu_speedup"] = round(result["cpu_speedup"], 2)
-    tokens = TRAIN_BATCH * TRAIN_SEQ if task == "train" else GEN_BATCH * GEN_NEW
+    tokens = unit_tokens(task)
     for impl in IMPLS:
         seconds = tokens / result[impl]["tokens_per_s"]
         row[impl]["gemm_share"] = round(result[impl]["gemm_s"] / seconds, 3)

@@ -15,9 +15,12 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import UserError
+
+if TYPE_CHECKING:
+    from pipelines.config import LoopConfig
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 GPT2CORE_DIR = Path(__file__).resolve().parents[1] / "gpt2core"
@@ -36,7 +39,7 @@ class GateResources:
     num_gpus: int = 0
 
 
-def gate_resources(loop) -> dict[str, int]:
+def gate_resources(loop: LoopConfig) -> dict[str, int]:
     """GateResources fields of a training loop config: its global micro batch and eval batches,
     one worker's CPUs and GPU."""
     return {

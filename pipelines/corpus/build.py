@@ -71,18 +71,18 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
     """The per-document steps with Ray Data; returns the staging Parquet files (workspace-relative)."""
     import ray.data
 
-    cfg_json = cfg.model_dump_json()
+    cfg_json, cpus = cfg.model_dump_json(), int(cluster_cpus())
     # Start a processor (imports, language model) in a worker per CPU while Ray Data plans: a worker
     # process takes seconds to start, and a small corpus would otherwise run on one of them. No CPU
     # is reserved for it, so Ray Data never sees a cluster without free CPUs.
-    warm = [remote(warm_up).options(num_cpus=0).remote(cfg_json) for _ in range(int(cluster_cpus()))]
+    warm = [remote(warm_up).options(num_cpus=0).remote(cfg_json) for _ in range(cpus)]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()  # bars for people at a terminal, not for log files
     # Reserving CPUs per operator holds one of two CPUs for the short read tasks: with reservation on,
     # one worker processed documents alone for seconds at a time. Off for this dataset only.
     reserving, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, False
     try:
-        groups = file_groups(files, max(4, 4 * int(cluster_cpus())))
+        groups = file_groups(files, max(4, 4 * cpus))
         ds = ray.data.from_items([{"uris": g} for g in groups], override_num_blocks=len(groups))
         # One task per input file reads it; a different CPU request keeps Ray Data from fusing the
         # read into the processing tasks, so one large file still spreads over every worker.

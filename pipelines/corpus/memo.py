@@ -16,8 +16,19 @@ from collections import OrderedDict
 import xxhash
 
 # Row fields the later steps write.
-OUTCOME = ("lang", "lang_score", "stage", "reason", "detail", "text", "pii_redactions", "words", "exact_hash")
-OUTCOME_ARRAYS = ("sig", "bands")
+OUTCOME = (
+    "lang",
+    "lang_score",
+    "stage",
+    "reason",
+    "detail",
+    "text",
+    "pii_redactions",
+    "words",
+    "exact_hash",
+    "sig",
+    "bands",
+)
 
 
 def text_key(text: str) -> bytes:
@@ -51,7 +62,7 @@ class OutcomeMemo:
         """Remember the computed rows and give their outcome to the copies that waited."""
         for row in fresh:
             key = row.pop("_memo_key")
-            outcome = {f: row.get(f) for f in (*OUTCOME, *OUTCOME_ARRAYS)}
+            outcome = {f: row.get(f) for f in OUTCOME}
             for copy in waiting[key]:
                 copy.update(outcome, recalled=True)
             self._remember(key, outcome)
