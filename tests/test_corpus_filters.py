@@ -128,6 +128,10 @@ def test_filter_params_override_defaults_and_unknown_names_are_config_errors():
 def test_normalisation():
     text = "Cafe\u0301\u00a0 au\tlait\r\n\r\n\r\n\r\nnext\x00 line \u200b  \n"
     assert normalize_text(text) == "Café au lait\n\nnext line"
+    # Whitespace runs of any kind become one space, lines lose their edges, and a line of only
+    # whitespace counts as blank: at most one blank line is kept between paragraphs.
+    text = "  a \u3000\u2028b\x0b c \n\t\n \u00a0 \n\nd\u2029 \n e\n\n"
+    assert normalize_text(text) == "a b c\n\nd\ne"
     assert replacement_chars(b"caf\xe9 \xff".decode("utf-8", errors="replace")) == 2
 
 

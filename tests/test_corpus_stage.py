@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -259,6 +260,18 @@ def test_dedup_quality_at_controlled_similarity(ray_local, tmp_path):
 
 def _ws(root: Path) -> Workspace:
     return Workspace(str(root))
+
+
+def test_one_large_input_file_is_processed_by_several_tasks(ray_local, tmp_path):
+    """Reading is its own Ray Data step, not fused into processing: the batches of a single file go
+    to several processing tasks (one staging file each), so one big dump still uses every CPU."""
+    docs = near_duplicate_corpus(seed=1, clusters=20)
+    write_jsonl(tmp_path / "dump.jsonl", [{"id": i, "text": t} for i, t, _ in docs])
+    cfg = config(tmp_path, [str(tmp_path / "dump.jsonl")], "corpus.batch_docs=8").corpus
+    messages = []
+    stats = build_corpus(_ws(tmp_path), resolve(cfg.inputs), cfg, "c", log=messages.append)
+    staged = int(re.search(r"1 input files -> (\d+) staging files", messages[0]).group(1))
+    assert staged > 1 and stats["input_docs"] == len(docs)
 
 
 def test_dedup_against_an_earlier_corpus_uses_only_its_index(ray_local, tmp_path):

@@ -72,10 +72,11 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
     import ray.data
 
     cfg_json, cpus = cfg.model_dump_json(), int(cluster_cpus())
-    # Start a processor (imports, language model) in a worker per CPU while Ray Data plans: a worker
-    # process takes seconds to start, and a small corpus would otherwise run on one of them. No CPU
-    # is reserved for it, so Ray Data never sees a cluster without free CPUs.
-    warm = [remote(warm_up).options(num_cpus=0).remote(cfg_json) for _ in range(cpus)]
+    # Start a processor (Ray Data, the language model, the extractor) in a worker per CPU while the
+    # driver plans. Each holds almost a whole CPU, so Ray Data's first tasks wait for these warm
+    # workers instead of starting new worker processes, which costs seconds of CPU on a small
+    # machine. 0.99, not 1: with no CPU free at all Ray Data warns that the job will hang.
+    warm = [remote(warm_up).options(num_cpus=0.99).remote(cfg_json) for _ in range(cpus)]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()  # bars for people at a terminal, not for log files
     # Reserving CPUs per operator holds one of two CPUs for the short read tasks: with reservation on,
@@ -84,9 +85,15 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
     try:
         groups = file_groups(files, max(4, 4 * cpus))
         ds = ray.data.from_items([{"uris": g} for g in groups], override_num_blocks=len(groups))
-        # One task per input file reads it; a different CPU request keeps Ray Data from fusing the
-        # read into the processing tasks, so one large file still spreads over every worker.
-        ds = ds.map_batches(_read_files, batch_size=1, fn_kwargs={"opts": read_options(cfg)}, num_cpus=0.5)
+        # A read whose worker dies (out of memory on a decompression bomb) fails the job after three
+        # tries; Ray Data's default is to retry forever. Remote args unlike the processing step's
+        # also keep Ray Data from fusing the two steps.
+        ds = ds.map_batches(
+            _read_files, batch_size=1, fn_kwargs={"opts": read_options(cfg)}, num_cpus=1, max_retries=3
+        )
+        # A read task's batches would leave it as one block, and a block goes to one task: cut them
+        # into blocks of a few batches so that one large file still spreads over every worker.
+        ds = ds.repartition(target_num_rows_per_block=4 * cfg.batch_docs)
         ds = ds.map_batches(
             process_batch,
             batch_format="pyarrow",

@@ -150,7 +150,10 @@ def _processor(cfg_json: str) -> DocumentProcessor:
 
 
 def warm_up(cfg_json: str) -> None:
-    """Build this process's processor and run its models once (imports, language model, extractor)."""
+    """Build this process's processor and run its models once (imports, language model, extractor),
+    and import Ray Data, which every task it runs here needs first."""
+    import ray.data  # noqa: F401
+
     processor = _processor(cfg_json)
     identify(["warm up"])
     extract_text("<p>warm up</p>", processor.cfg.extractor, 0)
