@@ -4,7 +4,9 @@
 
 FineWeb's layout: extraction + filters (one pipeline, writing JSONL), exact dedup (3 steps), MinHash
 (4 steps), with the same extractor, filter parameters and MinHash settings as our run. NLTK's punkt
-data cannot be downloaded here, so datatrove gets the same regex word tokenizer our filters use.
+data cannot be downloaded here, so datatrove gets the same regex word tokenizer our filters use;
+its language filter's model is a download too, so it reads the same fastText lid.176 file ours does
+and, like ours with no languages configured, labels every document without dropping any.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from datatrove.pipeline.filters import (
     GopherQualityFilter,
     GopherRepetitionFilter,
     LambdaFilter,
+    LanguageFilter,
 )
 from datatrove.pipeline.readers import JsonlReader, WarcReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.lid import FT176LID
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,6 +76,28 @@ class Resiliparse(BaseExtractor):
 
     def extract(self, text: str) -> str:
         return resiliparse_text(text)
+
+
+class LocalLID(FT176LID):
+    """datatrove's fastText language id, reading a model file on disk instead of downloading one."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    @property
+    def model(self):
+        if self._model is None:
+            from fasttext.FastText import _FastText
+
+            self._model = _FastText(self.path)
+        return self._model
+
+
+def language_labels(model_path: str) -> LanguageFilter:
+    labels = LanguageFilter(label_only=True)
+    labels.model = LocalLID(model_path)
+    return labels
 
 
 def exact_content(doc: Document) -> str:
@@ -129,6 +155,7 @@ def main(spec: dict) -> dict:
         [
             WarcReader(spec["input"], glob_pattern="*.warc.gz"),
             extractor,
+            language_labels(spec["lid_model"]),
             GopherRepetitionFilter(
                 **{k: tuple(map(tuple, v)) if isinstance(v, list) else v for k, v in rep.items()},
                 language=tok,

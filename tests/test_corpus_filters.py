@@ -284,8 +284,42 @@ def test_exact_copies_take_their_outcome_from_the_memo(prose):
     assert alone[1]["reason"] is not None and alone[0]["reason"] is None  # both kinds were recalled
 
 
+def test_an_exact_copy_of_a_page_is_parsed_once(prose, monkeypatch):
+    """A page seen before in the worker (same raw bytes) takes its extraction and normalisation
+    from the memo: the rows equal what a fresh processor makes of each page, and the extractor ran
+    once per distinct page. A copy that differs by one byte is parsed again."""
+    import pyarrow as pa
+
+    from pipelines.corpus import process
+    from pipelines.corpus.process import DocumentProcessor
+    from pipelines.corpus.schema import RECORD_SCHEMA
+
+    page = html_page(prose).encode()
+    pages = [page, page.replace(b"<p>", b"<p> ", 1), page, b"<html><body></body></html>"] * 2
+
+    def batch(raws):
+        rows = [{"key": k, "source": "s", "format": "html", "raw": r, "sec_read": 0.0} for k, r in raws]
+        return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+
+    cfg = load_config(None, []).corpus
+    outcome = ("text", "replacement_chars", "lang", "stage", "reason", "detail", "exact_hash", "sig")
+    alone = [{f: DocumentProcessor(cfg)(batch([(0, r)])).to_pylist()[0][f] for f in outcome} for r in pages]
+    extracted = []
+    monkeypatch.setattr(
+        process, "extract_text", lambda html, *a: extracted.append(html) or extract_text(html, *a)
+    )
+    processor = DocumentProcessor(cfg)
+    rows = processor(batch(list(enumerate(pages[:4])))).to_pylist()
+    rows += processor(batch(list(enumerate(pages[4:], start=4)))).to_pylist()
+    assert [{f: r[f] for f in outcome} for r in rows] == alone
+    assert len(extracted) == 3  # the page, its one-byte variant and the empty page
+    # the variant is parsed, but normalises to the page's text: its later steps are recalled
+    assert [r["recalled"] for r in rows] == [False, True, True, False, True, True, True, True]
+    assert alone[3]["reason"] == "empty" and alone[0]["reason"] is None  # a reject is recalled too
+
+
 def test_memo_forgets_the_oldest_outcomes_past_its_bounds():
-    from pipelines.corpus.memo import OutcomeMemo
+    from pipelines.corpus.memo import TEXT_OUTCOME, OutcomeMemo, text_key
 
     def compute(memo, texts):
         rows = [{"text": t, "reason": None} for t in texts]
@@ -295,7 +329,7 @@ def test_memo_forgets_the_oldest_outcomes_past_its_bounds():
         memo.settle(fresh, waiting)
         return [r["recalled"] if "recalled" in r else False for r in rows]
 
-    memo = OutcomeMemo(max_entries=2, max_chars=10)
+    memo = OutcomeMemo(TEXT_OUTCOME, text_key, max_entries=2, max_chars=10)
     assert compute(memo, ["aaaa", "bbbb", "aaaa"]) == [False, False, True]
     assert compute(memo, ["cccc"]) == [False]  # 12 characters: "aaaa" (least recently used) goes
     assert compute(memo, ["bbbb", "aaaa"]) == [True, False]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ from pipelines.corpus.publish import publish_file
 from pipelines.corpus.readers import ReadOptions, read_file
 from pipelines.corpus.shuffle import remote
 from pipelines.corpus.sources import InputFile, filesystem
-from pipelines.corpus.stats import combine, funnel_png
+from pipelines.corpus.stats import combine, funnel_png, preload_plotting
 from pipelines.ray_runtime import cluster_cpus
 from pipelines.workspace import Workspace
 
@@ -129,6 +130,7 @@ def build_corpus(
     wall = {}
 
     started = time.perf_counter()
+    threading.Thread(target=preload_plotting, daemon=True).start()
     staged = process_documents(ws, files, cfg, staging)
     wall["documents"] = time.perf_counter() - started
     log(f"[corpus] {len(files)} input files -> {len(staged)} staging files in {wall['documents']:.1f}s")

@@ -1,22 +1,26 @@
-"""What the steps after normalisation made of a text, remembered by a 128-bit hash of that text.
+"""What a run of steps made of a document, remembered by a 128-bit hash of that step's input.
 
-Language id, the quality filters, PII redaction and MinHash are pure functions of the normalised
-text (under one config), so an exact copy of a page seen before in the same worker process (a
-mirror, a re-crawl, a template page) takes its outcome from here instead of being recomputed. The
-outcome is the same either way: rejects keep their stage and reason, copies still reach exact dedup
-and are dropped there. Copies inside one batch wait for their first to be computed. The memo holds
-at most `max_entries` outcomes and `max_chars` of kept text (a reject's outcome holds no text) and
-forgets the oldest first.
+Two memos serve the document processor (process.py), each under one config:
+- pages: extraction and normalisation are pure functions of the raw record, so an exact copy of a
+  page (a mirror, a re-crawl) is not parsed again;
+- texts: language id, the quality filters, PII redaction and MinHash are pure functions of the
+  normalised text, so a copy of a text (also one from a different page) takes their outcome.
+The outcome is the same either way: rejects keep their stage and reason, copies still reach exact
+dedup and are dropped there. Copies inside one batch wait for their first to be computed. A memo
+holds at most `max_entries` outcomes and `max_chars` of kept text (a reject's outcome holds no
+text) and forgets the least recently used first.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import xxhash
 
-# Row fields the later steps write.
-OUTCOME = (
+# Row fields each run of steps writes.
+PAGE_OUTCOME = ("raw", "text", "replacement_chars", "stage", "reason", "detail")
+TEXT_OUTCOME = (
     "lang",
     "lang_score",
     "stage",
@@ -31,22 +35,35 @@ OUTCOME = (
 )
 
 
-def text_key(text: str) -> bytes:
-    return xxhash.xxh3_128_digest(text.encode())
+def page_key(row: dict) -> bytes:
+    """The record as read: its format and its raw bytes (HTML, text files) or its given text."""
+    content = row["raw"] if row["raw"] is not None else (row["text"] or "").encode()
+    return xxhash.xxh3_128_digest(row["format"].encode() + b"\0" + content)
+
+
+def text_key(row: dict) -> bytes:
+    return xxhash.xxh3_128_digest(row["text"].encode())
 
 
 class OutcomeMemo:
-    def __init__(self, max_entries: int = 50_000, max_chars: int = 32_000_000):
+    def __init__(
+        self,
+        fields: tuple[str, ...],
+        key: Callable[[dict], bytes],
+        max_entries: int = 50_000,
+        max_chars: int = 32_000_000,
+    ):
+        self.fields, self.key = fields, key
         self.max_entries, self.max_chars = max_entries, max_chars
         self._outcomes: OrderedDict[bytes, dict] = OrderedDict()
         self._chars = 0
 
     def split(self, rows: list[dict]) -> tuple[list[dict], dict[bytes, list[dict]]]:
-        """Fill the rows whose text was seen before; return the rows still to compute (one per
-        distinct text) and the copies waiting on each of them (key -> rows)."""
+        """Fill the rows whose input was seen before; return the rows still to compute (one per
+        distinct input) and the copies waiting on each of them (key -> rows)."""
         fresh, waiting = [], {}
         for row in rows:
-            key = text_key(row["text"])
+            key = self.key(row)
             if key in self._outcomes:
                 self._outcomes.move_to_end(key)
                 row.update(self._outcomes[key], recalled=True)
@@ -62,7 +79,7 @@ class OutcomeMemo:
         """Remember the computed rows and give their outcome to the copies that waited."""
         for row in fresh:
             key = row.pop("_memo_key")
-            outcome = {f: row.get(f) for f in OUTCOME}
+            outcome = {f: row.get(f) for f in self.fields}
             for copy in waiting[key]:
                 copy.update(outcome, recalled=True)
             self._remember(key, outcome)

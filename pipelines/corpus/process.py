@@ -1,8 +1,9 @@
 """The per-document steps, run on Ray Data batches: extract -> normalise -> language -> quality
 filters -> PII -> MinHash. A record rejected by one step passes the later ones untouched, so each
-batch keeps every record and each rejected record names its stage and reason. The steps after
-normalisation depend on the text alone, so an exact copy of a text this worker has seen takes their
-outcome from a memo (memo.py) instead of running them again.
+batch keeps every record and each rejected record names its stage and reason. Extraction and
+normalisation depend on the raw record alone, the steps after them on the text alone, so an exact
+copy of a page or a text this worker has seen takes those steps' outcome from a memo (memo.py)
+instead of running them again.
 
 Each step's CPU time is spread over the batch's rows (`sec_<step>` columns), so the funnel's
 per-stage seconds are plain column sums later, with no shared counters between workers.
@@ -22,7 +23,7 @@ from pipelines.config import CorpusConfig
 from pipelines.corpus import filters as qf
 from pipelines.corpus.extract import ExtractTimeout, decode_html, extract_text
 from pipelines.corpus.langid import identify
-from pipelines.corpus.memo import OutcomeMemo
+from pipelines.corpus.memo import PAGE_OUTCOME, TEXT_OUTCOME, OutcomeMemo, page_key, text_key
 from pipelines.corpus.minhash import MinHasher, words
 from pipelines.corpus.normalize import decode_utf8, normalize_text, replacement_chars
 from pipelines.corpus.pii import redact
@@ -44,11 +45,12 @@ class DocumentProcessor:
         self.cfg = cfg
         self.filters = qf.make_filters(cfg.filters, cfg.filter_params)
         self.hasher = minhasher(cfg)
-        self.memo = OutcomeMemo()
+        self.pages = OutcomeMemo(PAGE_OUTCOME, page_key)
+        self.texts = OutcomeMemo(TEXT_OUTCOME, text_key)
         Step = tuple[str, Callable[[list[dict]], None]]
-        self.text_steps: list[Step] = [("extract", self.extract), ("normalize", self.normalize)]
-        # Pure functions of the normalised text: an exact copy takes their outcome from the memo.
-        self.text_function_steps: list[Step] = [
+        # Pure functions of the raw record, then of the normalised text: each run has its memo.
+        self.page_steps: list[Step] = [("extract", self.extract), ("normalize", self.normalize)]
+        self.text_steps: list[Step] = [
             ("language", self.language),
             ("quality", self.quality),
             ("pii", self.pii),
@@ -59,10 +61,10 @@ class DocumentProcessor:
         rows = batch.to_pylist()
         for row in rows:
             row["recalled"] = False
-        self._run(self.text_steps, rows, rows)
-        fresh, waiting = self.memo.split([r for r in rows if r["reason"] is None])
-        self._run(self.text_function_steps, rows, fresh)
-        self.memo.settle(fresh, waiting)
+        for memo, steps in ((self.pages, self.page_steps), (self.texts, self.text_steps)):
+            fresh, waiting = memo.split([r for r in rows if r["reason"] is None])
+            self._run(steps, rows, fresh)
+            memo.settle(fresh, waiting)
         for row in rows:
             if row["reason"] is not None:  # rejected: keep the record, not its payload
                 row.update(text=None, exact_hash=None, sig=None, bands=None)
