@@ -1,7 +1,7 @@
 """Exact and fuzzy deduplication on Ray tasks, without gathering documents or signatures anywhere.
 
 Rounds (each a hash-partitioned shuffle of numpy columns; the driver holds only references):
-  scan      per staging file: exact hashes, band buckets and signatures of the surviving documents
+  scan      per group of staging files: exact hashes, band buckets and signatures of the survivors
   exact     per hash partition: the smallest id of each exact hash is kept, the rest point to it
   bands     per bucket partition: documents sharing a bucket become candidate pairs
   verify    per id partition, twice: look up both signatures, keep pairs whose estimated Jaccard
@@ -67,9 +67,13 @@ def deduplicate(
     uri, against = ws.full_uri(), list(against)
     stats: dict = {"exact": {}, "fuzzy": {}}
     started = time.perf_counter()
+    # One scan per partition at most, however many staging files there are: a task's results of
+    # up to 100 KB are returned inline to the driver's own memory, so many small scans would gather
+    # signatures there. Fewer, larger results go to Ray's object store on the node that made them.
+    files = list(enumerate(staging_files))
     scans = [
-        remote(scan).options(num_returns=3 * parts).remote(f, uri, rel, parts, num_perm, bands)
-        for f, rel in enumerate(staging_files)
+        remote(scan).options(num_returns=3 * parts).remote(files[g::parts], uri, parts, num_perm, bands)
+        for g in range(min(parts, len(files)))
     ]
     exact_refs = [s[:parts] for s in scans]
     band_refs = [s[parts : 2 * parts] for s in scans]

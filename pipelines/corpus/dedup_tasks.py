@@ -53,15 +53,20 @@ def _fixed_list(column, width: int, dtype) -> np.ndarray:
     return flat.astype(dtype, copy=False).reshape(-1, width)
 
 
-def scan(fidx: int, ws_uri: str, staging_rel: str, parts: int, num_perm: int, bands: int):
+def scan(files: list[tuple[int, str]], ws_uri: str, parts: int, num_perm: int, bands: int):
+    """The surviving documents of some staging files ((fidx, path) each), split three ways by
+    partition: exact hashes, band buckets, and the documents themselves (signatures)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     ws = Workspace(ws_uri)
-    table = pq.read_table(
-        ws.path(staging_rel), filesystem=ws.fs, columns=["key", "reason", "exact_hash", "sig", "bands"]
-    )
-    table = table.filter(pc.is_null(table["reason"]))
+    columns = ["key", "reason", "exact_hash", "sig", "bands"]
+    tables = [pq.read_table(ws.path(rel), filesystem=ws.fs, columns=columns) for _, rel in files]
+    fidx = np.concatenate([np.full(t.num_rows, f, np.int64) for (f, _), t in zip(files, tables)])
+    table = pa.concat_tables(tables)
+    survivors = pc.is_null(table["reason"])
+    table, fidx = table.filter(survivors), fidx[survivors.to_numpy(zero_copy_only=False)]
     node = table["key"].to_numpy().astype(np.uint64) | NEW
     hashes = table["exact_hash"].to_numpy().astype(np.uint64)
     sig = _fixed_list(table["sig"], num_perm, np.uint32)
@@ -69,13 +74,7 @@ def scan(fidx: int, ws_uri: str, staging_rel: str, parts: int, num_perm: int, ba
     exact = split_by({"hash": hashes, "node": node}, "hash", parts)
     band_rows = {"bucket": band.ravel(), "node": np.repeat(node, bands), "hash": np.repeat(hashes, bands)}
     buckets = split_by(band_rows, "bucket", parts)
-    docs = {
-        "node": node,
-        "fidx": np.full(len(node), fidx, np.int64),
-        "hash": hashes,
-        "sig": sig,
-        "bands": band,
-    }
+    docs = {"node": node, "fidx": fidx, "hash": hashes, "sig": sig, "bands": band}
     return [*exact, *buckets, *split_nodes(docs, "node", parts)]
 
 

@@ -90,7 +90,7 @@ STAGING_SCHEMA = pa.schema(
         ("exact_hash", pa.uint64()),
         ("sig", pa.list_(pa.uint32())),  # variable-size lists: rejected rows hold nulls
         ("bands", pa.list_(pa.uint64())),
-        ("recalled", pa.bool_()),  # its outcome came from the memo of an exact copy (memo.py)
+        ("recalled", pa.bool_()),  # an exact copy: its outcome came from a memo (memo.py)
         *[(c, pa.float32()) for c in TIMING_COLUMNS],
     ]
 )

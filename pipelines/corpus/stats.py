@@ -40,7 +40,7 @@ def combine(file_counts: list[dict], dedup_stats: dict, input_bytes: int, wall: 
         "stages": stages,
         "input_bytes": input_bytes,
         "kept_chars": sum(c["kept_chars"] for c in file_counts),
-        # exact copies whose language, filter and MinHash outcome came from a worker's memo
+        # exact copies of a page or a text whose outcome came from a worker's memo (memo.py)
         "recalled_docs": sum(c["recalled_docs"] for c in file_counts),
         "dedup": {k: {n: v for n, v in d.items() if n != "seconds"} for k, d in dedup_stats.items()},
         "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
