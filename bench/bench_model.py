@@ -129,11 +129,16 @@ def generate_fn(impl: str, model):
     return run
 
 
+def run_unit(task: str, runner):
+    """One timed unit: a training step, or a whole batch generation (its tokens)."""
+    return runner() if task == "train" else runner(GEN_NEW)
+
+
 def measure_once(task: str, runner) -> tuple[float, float, list | None]:
-    """One timed unit: a training step, or a whole batch generation.
-    Returns (tokens per wall second, process CPU seconds per 1000 tokens, generated tokens)."""
+    """One timed unit. Returns (tokens per wall second, process CPU seconds per 1000 tokens,
+    generated tokens)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    tokens = runner() if task == "train" else runner(GEN_NEW)
+    tokens = run_unit(task, runner)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     n = unit_tokens(task)
     return n / wall, 1000 * cpu / n, tokens if task == "generate" else None
@@ -162,7 +167,7 @@ def gemm_seconds(task: str, runner) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        runner() if task == "train" else runner(GEN_NEW)
+        run_unit(task, runner)
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS) / 1e6
 
 
