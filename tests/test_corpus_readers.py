@@ -167,6 +167,23 @@ def test_truncated_warc_is_reported_by_name(tmp_path, docs, compress):
     assert rows[-1]["reason"] == "truncated_file" and rows[-1]["detail"].startswith(f"{path.name}: ")
 
 
+def test_warc_gz_over_many_read_chunks_keeps_every_record(tmp_path):
+    """Records (one gzip member each) cross the decompressor's 64 KiB read chunks: each arrives
+    intact, in order, and a cut anywhere keeps every record before it."""
+    rng = random.Random(11)
+    pages = [html_page(english_doc(rng) + f" page {i}").encode() for i in range(400)]
+    path = tmp_path / "big.warc.gz"
+    write_warc(path, [(f"https://w/{i}", page) for i, page in enumerate(pages)], compress=True)
+    data = path.read_bytes()
+    assert len(data) > 4 * 65536  # the property under test needs several chunks
+    assert [r["raw"] for r in read_all(path)] == pages
+    for cut in (65536 + 7, len(data) // 2, len(data) - 100):
+        path.write_bytes(data[:cut])
+        rows = read_all(path)
+        assert [r["raw"] for r in rows[:-1]] == pages[: len(rows) - 1]
+        assert rows[-1]["reason"] == "truncated_file"
+
+
 def test_gzip_member_cut_in_its_trailer_is_truncated(tmp_path, docs):
     path = tmp_path / "t.jsonl.gz"
     path.write_bytes(gzip.compress(b"".join(f'{{"text": "{i}"}}\n'.encode() for i in range(5)))[:-4])

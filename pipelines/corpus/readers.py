@@ -52,24 +52,28 @@ class _Decompressor(io.RawIOBase):
             import zstandard
 
             self._new = zstandard.ZstdDecompressor().decompressobj
-        self._raw, self._obj, self._pending, self._inside = raw, self._new(), b"", False
+        self._raw, self._obj, self._pending, self._inside = raw, self._new(), memoryview(b""), False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         while not self._pending:
-            chunk = self._raw.read(1 << 20)
+            # Small reads: a WARC.gz has a member per record, and the end of each member copies the
+            # rest of its chunk (unused_data), so a large chunk would be copied over and over.
+            chunk = self._raw.read(1 << 16)
             if not chunk:
                 if self._inside:
                     raise CorruptInput("the compressed stream ends in the middle of a member")
                 return 0
+            decoded = []
             while chunk:
                 if self._obj.eof:
                     self._obj = self._new()
-                self._pending += self._obj.decompress(chunk)
+                decoded.append(self._obj.decompress(chunk))
                 self._inside = not self._obj.eof
                 chunk = self._obj.unused_data if self._obj.eof else b""
+            self._pending = memoryview(b"".join(decoded))  # handed out in slices, without copies
         n = min(len(buffer), len(self._pending))
         buffer[:n], self._pending = self._pending[:n], self._pending[n:]
         return n
