@@ -244,10 +244,14 @@ def test_word_grams_equal_the_string_reference():
         if trial % 3 == 0 and words:  # long verbatim repeats, as spam has
             words += words[: rng.randint(1, len(words))]
         grams = WordGrams(words)
+        bounds = []
         for n in (1, 2, 3, 4, 5, 7, 10):
             assert grams.top_chars(n) == reference_top_chars(words, n), (trial, n)
             repeated = reference_repeated_chars(words, n)
             assert grams.repeated_chars(n) == repeated, (trial, n)
+            # the bound that lets the scan be skipped: above the truth, and shrinking as n grows
+            bounds.append(grams._repeat_bound(n))
+            assert repeated <= bounds[-1] <= min(bounds), (trial, n)
             length = max(1, sum(map(len, words)) + len(words) - 1)
             for share in (0.0, repeated / length, rng.random() * 0.5):  # the boundary itself included
                 assert grams.repeated_share_above(n, length, share) == (repeated / length > share)
