@@ -70,14 +70,15 @@ def sha256_refs(uris: list[str]) -> list:
 
 def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, staging: str) -> list[str]:
     """The per-document steps with Ray Data; returns the staging Parquet files (workspace-relative)."""
-    import ray.data
-
     cfg_json, cpus = cfg.model_dump_json(), int(cluster_cpus())
     # Start a processor (Ray Data, the language model, the extractor) in a worker per CPU while the
-    # driver plans. Each holds almost a whole CPU, so Ray Data's first tasks wait for these warm
-    # workers instead of starting new worker processes, which costs seconds of CPU on a small
-    # machine. 0.99, not 1: with no CPU free at all Ray Data warns that the job will hang.
+    # driver imports Ray Data and plans, which takes one CPU for about a second. Each holds almost a
+    # whole CPU, so Ray Data's first tasks wait for these warm workers instead of starting new
+    # worker processes, which costs seconds of CPU on a small machine. 0.99, not 1: with no CPU
+    # free at all Ray Data warns that the job will hang.
     warm = [remote(warm_up).options(num_cpus=0.99).remote(cfg_json) for _ in range(cpus)]
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()  # bars for people at a terminal, not for log files
     # Reserving CPUs per operator holds one of two CPUs for the short read tasks: with reservation on,
