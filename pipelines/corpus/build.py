@@ -14,6 +14,7 @@ import posixpath
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 from pipelines.config import CorpusConfig
@@ -89,10 +90,14 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
         ds = ray.data.from_items([{"uris": g} for g in groups], override_num_blocks=len(groups))
         # A read whose worker dies (out of memory on a decompression bomb) fails the job after three
         # tries; Ray Data's default is to retry forever. Remote args unlike the processing step's
-        # also keep Ray Data from fusing the two steps.
-        ds = ds.map_batches(
-            _read_files, batch_size=1, fn_kwargs={"opts": read_options(cfg)}, num_cpus=1, max_retries=3
-        )
+        # also keep Ray Data from fusing the two steps. Ray 2.60 warns that free-form remote args
+        # go away in 2.64 but has no named `max_retries` yet: the warning is for us, not for users
+        # (and 2.64 would fail loudly here).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+            ds = ds.map_batches(
+                _read_files, batch_size=1, fn_kwargs={"opts": read_options(cfg)}, num_cpus=1, max_retries=3
+            )
         # A read task's batches would leave it as one block, and a block goes to one task: cut them
         # into blocks of a few batches so that one large file still spreads over every worker.
         ds = ds.repartition(target_num_rows_per_block=4 * cfg.batch_docs)
