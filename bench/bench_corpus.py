@@ -1,7 +1,7 @@
 """Corpus stage benchmark: our Ray pipeline against datatrove 0.10.1, on the same corpus, same run.
 
     .venv/bin/python bench/bench_corpus.py [--scales 1,4,16] [--datatrove-scales 1] [--pages N]
-                                           [--repeats 3] [--repeat-up-to 4]
+                                           [--repeats 5] [--repeat-up-to 4]
 
 Corpus: Python's documentation rendered by pydoc (the demo's pages: standard library, numpy, pandas),
 as WARC.gz crawl files. Scale 1x is every page plus edited copies of a third of them (a few percent
@@ -10,7 +10,7 @@ the same steps with the same settings: resiliparse extraction (datatrove also wi
 trafilatura), Gopher repetition + Gopher quality + C4 + length filters with the demo's parameters,
 exact dedup, MinHash over word 5-grams with 14 bands x 8 rows; both label every document's language
 with the same fastText lid.176 model (no language is dropped). Both get the machine's 2 cores. At
-scales up to 4x every system runs 3 times and the run with the median time is reported (all times
+scales up to 4x every system runs 5 times and the run with the median time is reported (all times
 are kept in the JSON).
 
 Reports, per scale: documents/s and MB/s end to end and per stage, seconds per 1000 documents,
@@ -367,7 +367,7 @@ def main() -> None:
     parser.add_argument("--scales", default="1,4,16")
     parser.add_argument("--datatrove-scales", default="1")
     parser.add_argument("--datatrove-extractors", default="resiliparse,trafilatura")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per system, median reported")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per system, median reported")
     parser.add_argument("--repeat-up-to", type=int, default=4, help="repeat at scales up to this; once above")
     parser.add_argument("--pages", type=int, default=None, help="use only the first N pages (quick runs)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "corpus.json"))
