@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -272,6 +272,8 @@ def _check_key(dotted: str) -> None:
             also = f" (did you mean {'.'.join([*walked[:-1], hint[0]])!r}?)" if hint else ""
             raise UserError(f"config key {'.'.join(walked)!r} is unknown{also}")
         annotation = fields[part].annotation
+        if get_origin(annotation) is dict:
+            return  # a mapping's keys are its own (filter_params): the section's validator judges them
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
@@ -289,7 +291,11 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _describe(exc: ValidationError, path: str | Path | None, set_keys: set[str]) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    where = " (from --set)" if key in set_keys else f" in {path}" if path else ""
+    where = f" in {path}" if path else ""
+    if key in set_keys:
+        where = " (from --set)"
+    elif path and any(k.startswith(f"{key}.") for k in set_keys):
+        where += " or --set"  # a whole section's check: the value may come from either
     if err["type"] == "extra_forbidden":
         return f"config key {key!r}{where} is unknown"
     got = err.get("input")

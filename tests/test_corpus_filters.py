@@ -4,6 +4,7 @@ its reason, PII redaction."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ from pipelines.corpus.normalize import normalize_text, replacement_chars
 from pipelines.corpus.pii import redact
 from pipelines.errors import UserError
 from tests.corpus_inputs import GERMAN, english_doc, html_page
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -123,6 +126,28 @@ def test_filter_params_override_defaults_and_unknown_names_are_config_errors():
         load_config(None, ["corpus.filters=[gopher]"])
     with pytest.raises(UserError, match="filter 'length' has no parameter 'min_words'"):
         load_config(None, ["corpus.filter_params={length: {min_words: 3}}"])
+    with pytest.raises(UserError, match="'min_chars' must be like its default 200, not 'abc'"):
+        load_config(None, ["corpus.filter_params.length.min_chars=abc"])
+    with pytest.raises(UserError, match="'filter_policy' must be like its default True, not 3"):
+        load_config(None, ["corpus.filter_params.c4.filter_policy=3"])
+
+
+def test_one_filter_parameter_can_be_set_alone():
+    """`--set corpus.filter_params.<filter>.<key>=v` merges into the file's parameters of that filter."""
+    cfg = load_config(
+        ROOT / "configs" / "demo.yaml", ["corpus.filter_params.gopher_quality.min_doc_words=30"]
+    )
+    demo = load_config(ROOT / "configs" / "demo.yaml", [])
+    assert cfg.corpus.filter_params["gopher_quality"] == {
+        **demo.corpus.filter_params["gopher_quality"],
+        "min_doc_words": 30,
+    }
+    assert demo.corpus.filter_params[
+        "gopher_quality"
+    ]  # the file sets some of its keys: a merge, not a replacement
+    assert cfg.corpus.filter_params["c4"] == demo.corpus.filter_params["c4"]
+    with pytest.raises(UserError, match=r"demo.yaml or --set: .*'min_doc_words' must be like its default 50"):
+        load_config(ROOT / "configs" / "demo.yaml", ["corpus.filter_params.gopher_quality.min_doc_words=[]"])
 
 
 def test_normalisation():

@@ -242,8 +242,25 @@ def make_filters(names: list[str], params: dict[str, dict]) -> list:
         unknown = sorted(set(overrides) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"filter {name!r} has no parameter {unknown[0]!r}")
+        for key, value in overrides.items():
+            default = cls.__dataclass_fields__[key].default
+            if not _same_kind(default, value):
+                raise ValueError(
+                    f"filter {name!r} parameter {key!r} must be like its default {default!r}, not {value!r}"
+                )
         made.append(cls(**{k: _frozen(v) for k, v in overrides.items()}))
     return made
+
+
+def _same_kind(default, value) -> bool:
+    """A filter would fail on every document, in the workers, with a value of another kind."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, list | tuple)
+    return isinstance(value, type(default))
 
 
 def _frozen(value):
