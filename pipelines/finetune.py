@@ -11,12 +11,15 @@ digest). The champion gate is pretraining's, evaluated on the fine-tuning val se
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.cache import DirRef
 from pipelines.config import Config
 from pipelines.errors import UserError
+from pipelines.hashing import sha256_path
 from pipelines.train_launch import run_name
 from pipelines.workflow import Stage, StageContext
 from pipelines.workspace import Workspace
@@ -73,46 +76,43 @@ def file_identity(path_text: str | None, builtin: str) -> str | None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_path(path)
 
 
 # --- the initial model ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class InitModel:
-    dir: Path  # a gpt2core model directory with its tokenizer files
+    dir: Path  # a gpt2core model directory with its tokenizer files, on the driver
+    ref: DirRef  # the same files where every worker reads them (the workspace)
     lineage: dict[str, str]  # parent_model_uri, parent_model_version (registry versions only)
 
 
-def resolve_init_model(ctx: StageContext, run_dir: Path) -> InitModel:
+def resolve_init_model(ctx: StageContext) -> InitModel:
     from gpt2core.hf import import_hf, is_hf_dir
-    from pipelines.train import resolve_init
+    from pipelines.cache import staging_dir
+    from pipelines.train import resolve_init, stage_init
 
     loop, key = ctx.cfg.finetune, "config key 'finetune.init_from'"
     if not loop.init_from:
         pretrain = ctx.inputs["pretrain"]
         lineage = {"parent_model_uri": pretrain.manifest["registered_uri"]}
         lineage["parent_model_version"] = str(pretrain.manifest["version"])
-        return InitModel(ctx.ws.local_path(pretrain.dir), lineage)
+        ref = DirRef.of(ctx.ws, pretrain.dir, pretrain.manifest)
+        return InitModel(ref.local(), ref, lineage)
     if loop.init_from.startswith("models:/"):
         uri, version = registry_version(loop.init_from)
-        download = loop.model_copy(update={"init_from": uri})
-        directory = resolve_init(download, run_dir, "finetune")
-        return InitModel(directory, {"parent_model_uri": loop.init_from, "parent_model_version": version})
-    path = Path(loop.init_from).expanduser()
-    if is_hf_dir(path):
+        directory = resolve_init(loop.model_copy(update={"init_from": uri}), "finetune")
+        lineage = {"parent_model_uri": loop.init_from, "parent_model_version": version}
+    elif is_hf_dir(path := Path(loop.init_from).expanduser()):
         try:
-            directory = import_hf(path, run_dir / "init-model")
+            directory = import_hf(path, Path(staging_dir("hf-import-")))
         except ValueError as exc:
             raise UserError(f"{key}: {exc}") from None
-        return InitModel(directory, {"parent_model_uri": str(path.resolve()), "parent_model_version": "none"})
-    directory = resolve_init(loop, run_dir, "finetune")
-    return InitModel(
-        directory, {"parent_model_uri": str(directory.resolve()), "parent_model_version": "none"}
-    )
+        lineage = {"parent_model_uri": str(path.resolve()), "parent_model_version": "none"}
+    else:
+        directory = resolve_init(loop, "finetune")
+        lineage = {"parent_model_uri": str(directory.resolve()), "parent_model_version": "none"}
+    return InitModel(directory, stage_init(ctx, loop, directory), lineage)
 
 
 def registry_version(uri: str, key: str = "finetune.init_from") -> tuple[str, str]:
@@ -165,11 +165,13 @@ class Prepared:
     digest: str  # sha256 of the data
 
 
-def prepare_data(ctx: StageContext, init: InitModel, run_dir: Path) -> Prepared:
+def prepare_data(ctx: StageContext, init: InitModel) -> Prepared:
     from gpt2core.tokenizer import load_tokenizer
     from pipelines import finetune_data
+    from pipelines.cache import staging_dir
     from pipelines.finetune_task import FinetuneTask, PairsGate
     from pipelines.registry import gate_resources
+    from pipelines.train_launch import run_rel
 
     loop = ctx.cfg.finetune
     if loop.data is None:
@@ -179,28 +181,32 @@ def prepare_data(ctx: StageContext, init: InitModel, run_dir: Path) -> Prepared:
         tokenizer = load_tokenizer(init.dir)
     except ValueError as exc:
         raise UserError(f"config key 'finetune.init_from': {exc}") from None
-    source = _data_file(ctx, run_dir)
+    work = Path(staging_dir("finetune-data-"))
+    source = _data_file(ctx, work)
     build = finetune_data.build_pairs if source.suffix in (".jsonl", ".json") else finetune_data.build_text
-    data_dir = run_dir / DATA_DIR
     try:
-        info = build(source, tokenizer, gpt["block_size"], loop.val_fraction, data_dir)
+        info = build(source, tokenizer, gpt["block_size"], loop.val_fraction, work / DATA_DIR)
     except ValueError as exc:
         raise UserError(f"config key 'finetune.data': {source}: {exc}") from None
     if info["splits"]["train"]["rows"] < loop.num_workers:
         raise UserError(f"config key 'finetune.data': {source} has fewer training rows than workers")
+    # The rows go where every worker (and the generate stage) reads them: the run's directory.
+    data_rel = f"{run_rel(ctx, loop)}/{DATA_DIR}"
+    data = DirRef(ctx.ws.full_uri(data_rel), ctx.ws.upload_dir(work / DATA_DIR, data_rel))
     task = FinetuneTask(
-        str(data_dir),
-        str(init.dir),
+        data,
+        init.ref,
         tokenizer_identity(tokenizer),
         tokenizer.vocab_size,
         info["splits"]["val"]["tokens_per_byte"],
     )
-    gate = PairsGate(str(data_dir), **gate_resources(loop))
-    info["data_dir"] = str(data_dir)
-    return Prepared(task, gate, gpt, info, str(source), _sha256(source))
+    gate = PairsGate(data, **gate_resources(loop))
+    info["data_dir"], info["data_files"] = data_rel, data.files
+    named = data.uri if loop.data == DEMO_PAIRS else str(source)  # not the driver's staging copy
+    return Prepared(task, gate, gpt, info, named, _sha256(source))
 
 
-def _data_file(ctx: StageContext, run_dir: Path) -> Path:
+def _data_file(ctx: StageContext, work: Path) -> Path:
     """finetune.data as a local file; demo:corpus-pairs is written from the corpus first."""
     loop = ctx.cfg.finetune
     if loop.data != DEMO_PAIRS:
@@ -218,7 +224,7 @@ def _data_file(ctx: StageContext, run_dir: Path) -> Path:
     table = pq.read_table(paths, columns=["id", "text"], filesystem=ctx.ws.fs)
     table = table.sort_by("id")  # a stable order, whatever the corpus stage's file layout
     pairs = finetune_data.demo_pairs(table.column("text").to_pylist(), loop.demo_pairs)
-    path = run_dir / "demo-pairs.jsonl"
+    path = work / "demo-pairs.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     finetune_data.write_pairs(pairs, path)
     ctx.log(f"[finetune] {len(pairs)} prompt/completion pairs from the corpus -> {path}")
@@ -236,25 +242,20 @@ def _shards_data(ctx: StageContext, init: InitModel) -> Prepared:
     shards = resolve_shards(ctx)
     gpt = resolve_model(ctx.cfg, shards.vocab_size, shards.tokenizer_sha256, init.dir, "finetune")
     check_windows(shards, gpt["block_size"], loop, "finetune")
-    task = PretrainTask(
-        shards.dir, shards.tokenizer_dir, shards.tokenizer_sha256, shards.vocab_size, "finetune"
-    )
-    gate = GateData(shards.dir, shards.tokenizer_dir, **gate_resources(loop))
+    task = PretrainTask(shards.ref, shards.tokenizer, shards.tokenizer_sha256, shards.vocab_size, "finetune")
+    gate = GateData(shards.ref, shards.tokenizer, **gate_resources(loop))
     info = {"format": "shards", "splits": shards.manifest["splits"]}
     return Prepared(task, gate, gpt, info, shards.dir, manifest_digest(shards.manifest))
 
 
 def data_dataset(prepared: Prepared) -> tuple:
     """The fine-tuning data as an MLflow dataset input of the run (lineage), with its counts as tags."""
-    import warnings
-
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path is local
-        source = resolve_dataset_source(prepared.source)
-    name = f"finetune/{Path(prepared.source).name}"
+    from pipelines import tracking
+
+    source = tracking.dataset_source(prepared.source)
+    name = f"finetune/{posixpath.basename(prepared.source.split('?')[0].rstrip('/'))}"
     dataset = MetaDataset(source=source, name=name, digest=prepared.digest[:16])
     splits = prepared.info["splits"]
     tags = {
@@ -267,12 +268,11 @@ def data_dataset(prepared: Prepared) -> tuple:
 # --- the stage -----------------------------------------------------------------------------------
 def run_finetune(ctx: StageContext) -> dict[str, Any]:
     from gpt2core.lora import LoraConfig
-    from pipelines.train_launch import prepare, publish, run_dir, train
+    from pipelines.train_launch import prepare, publish, train
 
     loop = ctx.cfg.finetune
-    directory = run_dir(ctx, loop)
-    init = resolve_init_model(ctx, directory)
-    prepared = prepare_data(ctx, init, directory)
+    init = resolve_init_model(ctx)
+    prepared = prepare_data(ctx, init)
     info = prepared.info
     if info.get("rejects") or info.get("truncated"):
         ctx.log(
@@ -285,7 +285,7 @@ def run_finetune(ctx: StageContext) -> dict[str, Any]:
         "finetune",
         prepared.task,
         prepared.gpt,
-        init.dir,
+        init.ref,
         data_dataset(prepared),
         lora=lora,
         early_stop_patience=loop.early_stop_patience,

@@ -4,10 +4,12 @@ pipelines/finetune_data.py, shuffled per epoch, rank-disjoint, resumable at exac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipelines.cache import DirRef, as_local
 from pipelines.finetune_data import IGNORE, load_rows
 from pipelines.registry import GateResources
 
@@ -52,15 +54,15 @@ class RowSampler:
 
 @dataclass
 class FinetuneTask:
-    data_dir: str  # train.npz / val.npz (pipelines/finetune_data.py)
-    tokenizer_dir: str  # the initial model's directory: its tokenizer goes with the fine-tuned model
+    data_dir: str | DirRef  # train.npz / val.npz (pipelines/finetune_data.py)
+    tokenizer_dir: str | DirRef  # the initial model's directory: its tokenizer goes with the fine-tuned model
     tokenizer_sha256: str  # identity of the tokenizer files (resume checks)
     vocab_size: int
     val_tokens_per_byte: float
     name: str = "finetune"
 
     def train_source(self, rank: int, world_size: int, block_size: int, seed: int) -> RowSampler:
-        x, y = load_rows(self.data_dir, "train")
+        x, y = load_rows(as_local(self.data_dir), "train")
         return RowSampler(x, y, rank, world_size, seed)
 
     def eval_batches(self, rank: int, world_size: int, block_size: int, batch_size: int, max_batches: int):
@@ -68,7 +70,7 @@ class FinetuneTask:
         runs the same number of batches."""
         import torch
 
-        x, y = load_rows(self.data_dir, "val")
+        x, y = load_rows(as_local(self.data_dir), "val")
         share = -(-len(x) // world_size)
         n_batches = min(max_batches, -(-share // batch_size))
         mine_x, mine_y = x[rank::world_size], y[rank::world_size]
@@ -93,13 +95,14 @@ class PairsGate(GateResources):
     each model with its own tokenizer and context; bits per byte of the completions compare models
     whatever their tokenizers."""
 
-    data_dir: str
+    data_dir: str | DirRef
 
     @property
     def val_data(self) -> str:
         from pipelines.finetune_data import VAL_PAIRS
+        from pipelines.registry import location
 
-        return f"{self.data_dir}/{VAL_PAIRS}"
+        return f"{location(self.data_dir)}/{VAL_PAIRS}"
 
     def figures(self, candidate_dir: str, champion_dir: str | None) -> dict[str, float | None]:
         import torch
@@ -107,7 +110,11 @@ class PairsGate(GateResources):
         from pipelines.finetune_data import read_pairs
 
         device = "cuda" if self.num_gpus and torch.cuda.is_available() else "cpu"
-        pairs = read_pairs(self.val_data).pairs[: self.batch_size * self.max_batches]
+        from pipelines.finetune_data import VAL_PAIRS
+
+        pairs = read_pairs(Path(as_local(self.data_dir)) / VAL_PAIRS).pairs[
+            : self.batch_size * self.max_batches
+        ]
         figures: dict[str, float | None] = {"champion_bpb": None, "champion_loss": None}
         for who, model_dir in (("candidate", candidate_dir), ("champion", champion_dir)):
             if model_dir is not None:

@@ -110,9 +110,11 @@ def _parquet_prompts(path: Path, g: GenerateConfig) -> tuple[list[str], list[str
 def prompts_path(ctx: StageContext) -> Path:
     g = ctx.cfg.generate
     if g.prompts == DEMO_PROMPTS:
+        from pipelines.cache import local_file
         from pipelines.finetune_data import VAL_PAIRS
 
-        return Path(ctx.inputs["finetune"].manifest["data"]["data_dir"]) / VAL_PAIRS
+        data = ctx.inputs["finetune"].manifest["data"]  # the fine-tuning run's rows, in the workspace
+        return local_file(ctx.ws.full_uri(f"{data['data_dir']}/{VAL_PAIRS}"), data["data_files"][VAL_PAIRS])
     if not g.prompts:
         raise UserError("config key 'generate.prompts': not set (a JSONL, Parquet or text file of prompts)")
     return Path(g.prompts).expanduser()

@@ -14,6 +14,7 @@ from importlib import metadata
 from typing import Any
 
 from pipelines.errors import UserError
+from pipelines.hashing import sha256_stream
 from pipelines.workspace import Workspace
 
 MANIFEST = "manifest.json"
@@ -36,12 +37,9 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def sha256_file(ws: Workspace, rel: str, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
+def sha256_file(ws: Workspace, rel: str) -> str:
     with ws.fs.open_input_stream(ws.path(rel)) as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_stream(f)
 
 
 def file_entry(ws: Workspace, rel: str) -> dict[str, Any]:

@@ -204,14 +204,10 @@ def log_refresh(ws: Workspace, result: RefreshResult, seconds: float, log: Calla
 def dataset(ws: Workspace, version: Version, sub: str = ""):
     """A published corpus version or shards as an MLflow dataset: named by its directory, with the
     digest of its manifest, its source the directory (or its `sub` directory)."""
-    import warnings
-
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
+    from pipelines import tracking
     from pipelines.manifest import manifest_digest
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path is local
-        source = resolve_dataset_source(ws.full_uri(f"{version.dir}/{sub}".rstrip("/")))
+    source = tracking.dataset_source(ws.full_uri(f"{version.dir}/{sub}".rstrip("/")))
     return MetaDataset(source=source, name=version.dir, digest=manifest_digest(version.manifest)[:16])

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.cache import DirRef, as_local
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -54,12 +55,12 @@ def gate_resources(loop: LoopConfig) -> dict[str, int]:
 class GateData(GateResources):
     """The pretraining gate's data: validation shards and their tokenizer."""
 
-    shards_dir: str
-    tokenizer_dir: str  # the shards' tokenizer (to re-encode for a champion with another one)
+    shards_dir: str | DirRef  # a local path, or published shards fetched by the gate's node
+    tokenizer_dir: str | DirRef  # the shards' tokenizer (to re-encode for a champion with another one)
 
     @property
     def val_data(self) -> str:
-        return self.shards_dir
+        return location(self.shards_dir)
 
     def figures(self, candidate_dir: str, champion_dir: str | None) -> dict[str, float | None]:
         """What the gate compares. Another gate data (fine-tuning's val pairs) brings its own."""
@@ -170,32 +171,44 @@ def gate_figures(candidate_dir: str, champion_dir: str | None, data: GateData) -
 
     device = "cuda" if data.num_gpus and torch.cuda.is_available() else "cpu"
     figures: dict[str, float | None] = {"champion_bpb": None, "champion_loss": None}
+    shards_dir, tokenizer_dir = as_local(data.shards_dir), as_local(data.tokenizer_dir)
     for who, model_dir in (("candidate", candidate_dir), ("champion", champion_dir)):
         if model_dir is None:
             continue
-        val = val_tokens_for(model_dir, data.shards_dir, data.tokenizer_dir)
+        val = val_tokens_for(model_dir, shards_dir, tokenizer_dir)
         result = evaluate_model_dir(model_dir, val, data.batch_size, data.max_batches, device)
         figures[f"{who}_bpb"], figures[f"{who}_loss"] = result.bits_per_byte, result.loss
     return figures
 
 
-def _figures_of(data: Any, candidate_dir: str, champion_dir: str | None) -> dict[str, float | None]:
-    return data.figures(candidate_dir, champion_dir)
+def location(where: str | DirRef) -> str:
+    """What a tag or a message names: a DirRef's URI, or the path itself."""
+    return where.uri if isinstance(where, DirRef) else str(where)
 
 
-def champion_gate(name: str, version: str, candidate_dir: str | Path, data: Any) -> dict[str, Any]:
+def _figures_of(data: Any, candidate: str | DirRef, champion_uri: str | None, tracking_uri: str | None):
+    """The gate's figures, on whichever node the task landed: it fetches the candidate (from the
+    workspace, through the node cache) and the champion (from the registry) itself, since no
+    directory of the driver is visible there."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        champion_dir = str(model_dir_of(champion_uri, tmp)) if champion_uri else None
+        return data.figures(as_local(candidate), champion_dir)
+
+
+def champion_gate(name: str, version: str, candidate: str | DirRef, data: Any) -> dict[str, Any]:
     """Evaluate the new version against the champion; move `champion` if it is better. Returns the
     figures and the decision, which are also set as tags `gate.*` on the new version."""
     import mlflow
     import ray
 
     champion = current_champion(name)
-    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
-        champion_dir = None
-        if champion is not None:
-            champion_dir = str(model_dir_of(f"models:/{name}/{champion.version}", tmp))
-        task = ray.remote(num_cpus=data.num_cpus, num_gpus=data.num_gpus)(_figures_of)
-        figures = ray.get(task.remote(data, str(candidate_dir), champion_dir))
+    champion_uri = f"models:/{name}/{champion.version}" if champion is not None else None
+    task = ray.remote(num_cpus=data.num_cpus, num_gpus=data.num_gpus)(_figures_of)
+    figures = ray.get(task.remote(data, candidate, champion_uri, mlflow.get_tracking_uri()))
     promote = figures["champion_bpb"] is None or figures["candidate_bpb"] < figures["champion_bpb"]
     decision = {
         **figures,

@@ -37,11 +37,13 @@ REDACTED = "***"
 
 def resolve_tracking_uri(cfg: Config, ws: Workspace) -> str:
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    if not ws.is_local:
-        raise UserError("config key 'mlflow.tracking_uri' is required when the workspace is not local")
-    return f"sqlite:///{ws.local_path('mlflow.db')}"
+    if not ws.is_local and (not uri or uri.startswith("sqlite:")):
+        # Workers on other nodes log to it and load models from it: a file on one disk will not do.
+        raise UserError(
+            "config key 'mlflow.tracking_uri': an object-store workspace needs an MLflow tracking "
+            f"server (http://...), not {'a SQLite file' if uri else 'the workspace SQLite default'}"
+        )
+    return uri or f"sqlite:///{ws.local_path('mlflow.db')}"
 
 
 def configure(cfg: Config, ws: Workspace) -> str:
@@ -149,3 +151,15 @@ def run(
         run_name=None if run_id else name, nested=nested, run_id=run_id, tags=tags
     ) as active:
         yield active
+
+
+def dataset_source(uri: str):
+    """The MLflow dataset source of a local path or object-store URI (its query options left out:
+    they may hold an endpoint or keys)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path is local
+        return resolve_dataset_source(uri.split("?", 1)[0])

@@ -11,10 +11,13 @@ runs the TorchTrainer (per-worker loop: pipelines/train_loop.py) and publishes t
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt2core.tokenizer import SPM_FILE
+from pipelines.cache import DirRef
 from pipelines.config import Config, LoopConfig
 from pipelines.errors import UserError
 from pipelines.manifest import manifest_digest, read_manifest
@@ -39,77 +42,94 @@ def explicit_shards_identity(cfg: Config, ws: Workspace) -> Any:
     """The digest of the shards manifest named by `train.shards` (pretrain and finetune fingerprints)."""
     if not cfg.train.shards:
         return None
-    manifest = _manifest_at(cfg.train.shards)
+    manifest = read_manifest(Workspace(cfg.train.shards, "train.shards"), "")
     return manifest_digest(manifest) if manifest else f"missing:{cfg.train.shards}"
-
-
-def _manifest_at(path: str) -> dict | None:
-    directory = Workspace(path)
-    return read_manifest(directory, "")
 
 
 # --- data ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShardsData:
-    dir: str  # local path
+    ref: DirRef  # the shards directory (its manifest travels with it: TokenShards reads it)
     manifest: dict
-    tokenizer_dir: str  # local path with spm.model
+    tokenizer: DirRef  # the tokenizer directory (spm.model, Hugging Face files)
     tokenizer_sha256: str
     vocab_size: int
+
+    @property
+    def dir(self) -> str:
+        """The shards' URI (a local path on a local workspace): for messages and lineage."""
+        return self.ref.uri
 
 
 def resolve_shards(ctx: StageContext) -> ShardsData:
     """The shards to train on, checked complete and made with the tokenizer the run uses."""
-    ws = ctx.ws
     if ctx.cfg.train.shards:
-        shards_dir = Path(ctx.cfg.train.shards).expanduser().resolve()
-        manifest = _manifest_at(str(shards_dir))
+        where = Workspace(ctx.cfg.train.shards, "train.shards")
+        manifest = read_manifest(where, "")
         if manifest is None:
-            state = "is incomplete (no manifest.json)" if shards_dir.exists() else "does not exist"
-            raise UserError(f"config key 'train.shards': {shards_dir} {state}")
+            state = "is incomplete (no manifest.json)" if where.exists("") else "does not exist"
+            raise UserError(f"config key 'train.shards': {where.full_uri()} {state}")
         # The shards' workspace root: the manifest records the shards' workspace-relative output dir.
-        root = _strip_suffix(str(shards_dir), manifest.get("output", ""))
-        tokenizer_dir = Path(root) / manifest["tokenizer"]["dir"]
+        root = _strip_suffix(where.root, manifest.get("output", ""))
+        tokenizer_path = posixpath.join(root, manifest["tokenizer"]["dir"])
+        tokenizer_ws = Workspace(where.uri_of(tokenizer_path), "train.shards")
+        shards_ws, shards_rel = where, ""
     else:
         shards, tokenizer = ctx.inputs["shards"], ctx.inputs["tokenizer"]
-        manifest, shards_dir = shards.manifest, ws.local_path(shards.dir)
-        tokenizer_dir = ws.local_path(tokenizer.dir)
+        manifest, shards_ws, shards_rel = shards.manifest, ctx.ws, shards.dir
+        tokenizer_ws = Workspace(ctx.ws.full_uri(tokenizer.dir))
         if tokenizer.manifest["tokenizer"]["sha256"] != manifest["tokenizer"]["sha256"]:
             raise UserError(
-                f"shards {shards_dir} were made with tokenizer {manifest['tokenizer']['sha256'][:12]}..., "
-                f"not with the pipeline's tokenizer {tokenizer.dir}; rebuild the shards"
+                f"shards {ctx.ws.full_uri(shards.dir)} were made with tokenizer "
+                f"{manifest['tokenizer']['sha256'][:12]}..., not with the pipeline's tokenizer "
+                f"{tokenizer.dir}; rebuild the shards"
             )
+    ref = DirRef.of(shards_ws, shards_rel, manifest, with_manifest=True)
     info = manifest["tokenizer"]
-    spm = tokenizer_dir / "spm.model"
-    if not spm.is_file() or hashlib.sha256(spm.read_bytes()).hexdigest() != info["sha256"]:
-        raise UserError(f"shards {shards_dir}: their tokenizer {tokenizer_dir} is missing or does not match")
-    _check_shards_complete(str(shards_dir), info)
-    return ShardsData(str(shards_dir), manifest, str(tokenizer_dir), info["sha256"], info["vocab_size"])
+    tokenizer_ref = DirRef.of(tokenizer_ws, "")
+    if tokenizer_ref.files.get(SPM_FILE) != info["sha256"]:
+        raise UserError(f"shards {ref.uri}: their tokenizer {tokenizer_ref.uri} is missing or does not match")
+    _check_shards_complete(shards_ws, shards_rel, info)
+    return ShardsData(ref, manifest, tokenizer_ref, info["sha256"], info["vocab_size"])
 
 
 def _strip_suffix(path: str, suffix: str) -> str:
     suffix = suffix.strip("/")
     if not suffix or not path.rstrip("/").endswith(suffix):
-        return str(Path(path).parents[1])  # the contract's layout: <workspace>/shards/<id>
+        return posixpath.dirname(posixpath.dirname(path.rstrip("/")))  # the layout: <ws>/shards/<id>
     return path.rstrip("/")[: -len(suffix)]
 
 
-def _check_shards_complete(shards_dir: str, tokenizer: dict) -> None:
-    """Every file of both splits is present and has its recorded checksum (read once, here)."""
+def _check_shards_complete(ws: Workspace, rel: str, tokenizer: dict) -> None:
+    """Every file of both splits is present with its recorded size; on a local workspace also
+    its checksum (read once, here). Object-store files are verified by the node cache instead,
+    as each node fetches them, so the driver never downloads the shards."""
     from gpt2core.data import TokenShards
 
-    for split in ("train", "val"):
-        try:
-            TokenShards(shards_dir, split, tokenizer["sha256"], tokenizer["vocab_size"], verify=True).close()
-        except (ValueError, OSError) as exc:
-            raise UserError(f"shards {shards_dir} are incomplete or damaged: {exc}") from None
+    if ws.is_local:
+        for split in ("train", "val"):
+            try:
+                TokenShards(
+                    ws.path(rel), split, tokenizer["sha256"], tokenizer["vocab_size"], verify=True
+                ).close()
+            except (ValueError, OSError) as exc:
+                raise UserError(f"shards {ws.full_uri(rel)} are incomplete or damaged: {exc}") from None
+        return
+    files = read_manifest(ws, rel)["files"]
+    infos = ws.fs.get_file_info([ws.path(posixpath.join(rel, name)) for name in files])
+    for (name, entry), info in zip(files.items(), infos):
+        if info.size != entry["bytes"]:
+            state = (
+                "is missing"
+                if info.type.name == "NotFound"
+                else f"has {info.size} bytes, not {entry['bytes']}"
+            )
+            raise UserError(f"shards {ws.full_uri(rel)} are incomplete or damaged: {name} {state}")
 
 
 def check_windows(shards: ShardsData, block_size: int, loop: LoopConfig, section: str) -> None:
-    from gpt2core.data import TokenShards
-
     for split in ("train", "val"):
-        split_tokens = TokenShards(shards.dir, split, verify=False).n_tokens
+        split_tokens = shards.manifest["splits"][split]["tokens"]
         per_rank = split_tokens // (block_size + 1) // loop.num_workers
         if per_rank < 1:
             raise UserError(
@@ -157,56 +177,63 @@ def resolve_model(
     return config.to_dict()
 
 
-def resolve_init(loop: LoopConfig, run_dir: Path, section: str) -> Path | None:
-    """<section>.init_from as a local model directory every worker can read (registry models are
-    downloaded into the run's checkpoint directory in the workspace)."""
+def resolve_init(loop: LoopConfig, section: str) -> Path | None:
+    """<section>.init_from as a model directory on the driver (registry models are downloaded into
+    a local staging directory); stage_init then puts it where every worker can read it."""
     if not loop.init_from:
         return None
+    from pipelines.cache import staging_dir
     from pipelines.registry import model_dir_of
 
     try:
         if ":/" in loop.init_from:
-            target = run_dir / "init-model"
-            target.mkdir(parents=True, exist_ok=True)
-            return model_dir_of(loop.init_from, target)
+            return model_dir_of(loop.init_from, staging_dir("init-model-"))
         return model_dir_of(loop.init_from)
     except UserError as exc:
         raise UserError(f"config key '{section}.init_from': {exc}") from None
 
 
+def stage_init(ctx: StageContext, loop: LoopConfig, init_dir: Path | None) -> DirRef | None:
+    """The initial model copied into `checkpoints/<run>/init-model/` of the workspace: a driver's
+    directory is not there on the workers' nodes."""
+    if init_dir is None:
+        return None
+    from pipelines.train_launch import run_rel
+
+    rel = f"{run_rel(ctx, loop)}/init-model"
+    return DirRef(ctx.ws.full_uri(rel), ctx.ws.upload_dir(init_dir, rel))
+
+
 # --- the stage -----------------------------------------------------------------------------------
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     from pipelines.registry import GateData, gate_resources
-    from pipelines.train_launch import prepare, publish, run_dir, train
+    from pipelines.train_launch import prepare, publish, train
     from pipelines.train_task import PretrainTask
 
     loop = ctx.cfg.train
     shards = resolve_shards(ctx)
-    init_dir = resolve_init(loop, run_dir(ctx, loop), "train")
+    init_dir = resolve_init(loop, "train")
     gpt = resolve_model(ctx.cfg, shards.vocab_size, shards.tokenizer_sha256, init_dir)
     check_windows(shards, gpt["block_size"], loop, "train")
-    task = PretrainTask(shards.dir, shards.tokenizer_dir, shards.tokenizer_sha256, shards.vocab_size)
-    launch = prepare(ctx, loop, "train", task, gpt, init_dir, shards_dataset(shards))
+    task = PretrainTask(shards.ref, shards.tokenizer, shards.tokenizer_sha256, shards.vocab_size)
+    launch = prepare(ctx, loop, "train", task, gpt, stage_init(ctx, loop, init_dir), shards_dataset(shards))
     summary, checkpoint = train(launch, ctx.log)
-    gate = GateData(shards.dir, shards.tokenizer_dir, **gate_resources(loop))
+    gate = GateData(shards.ref, shards.tokenizer, **gate_resources(loop))
     result = publish(ctx, launch, summary, checkpoint, gate)
     return {**result, "shards": shards.dir, "tokenizer_sha256": shards.tokenizer_sha256, "model": gpt}
 
 
 def shards_dataset(shards: ShardsData) -> tuple:
     """The shards manifest as an MLflow dataset (lineage: which tokens trained this run), with tags."""
-    import warnings
-
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.types import ColSpec, Schema
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path is local
-        source = resolve_dataset_source(shards.dir)
+    from pipelines import tracking
+
+    source = tracking.dataset_source(shards.dir)
     dataset = MetaDataset(
         source=source,
-        name=f"shards/{Path(shards.dir).name}",
+        name=f"shards/{posixpath.basename(shards.dir.split('?')[0].rstrip('/'))}",
         digest=manifest_digest(shards.manifest)[:16],
         schema=Schema([ColSpec("long", "tokens")]),
     )

@@ -39,8 +39,12 @@ class TrainState:
         return patience > 0 and self.evals_since_best >= patience
 
 
+def rank_state_rel(rank: int) -> str:
+    return f"{STATE_DIR}/rank-{rank:05d}.json"
+
+
 def rank_state_file(directory: str | Path, rank: int) -> Path:
-    return Path(directory) / STATE_DIR / f"rank-{rank:05d}.json"
+    return Path(directory) / rank_state_rel(rank)
 
 
 def rng_state() -> dict[str, Any]:

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.cache import DirRef
 from pipelines.config import LoopConfig
 from pipelines.errors import UserError
 from pipelines.workflow import StageContext
+from pipelines.workspace import Workspace
 
 CHECKPOINTS = "checkpoints"
 RUN_RECORD = "run.json"  # next to Ray Train's files in checkpoints/<run>/: what the run was started with
@@ -44,8 +46,9 @@ def run_name(loop: LoopConfig, stage: str, fingerprint: str) -> str:
     return loop.run_name or f"{stage}-{fingerprint[:12]}"
 
 
-def run_dir(ctx: StageContext, loop: LoopConfig) -> Path:
-    return ctx.ws.local_path(f"{CHECKPOINTS}/{run_name(loop, ctx.stage, ctx.fingerprint)}")
+def run_rel(ctx: StageContext, loop: LoopConfig) -> str:
+    """The run's directory in the workspace: Ray Train's storage for it, and the run's own files."""
+    return f"{CHECKPOINTS}/{run_name(loop, ctx.stage, ctx.fingerprint)}"
 
 
 # --- cluster -------------------------------------------------------------------------------------
@@ -68,14 +71,14 @@ def check_cluster(loop: LoopConfig, section: str) -> None:
 
 
 # --- the run's past: checkpoints and record ------------------------------------------------------
-def latest_checkpoint(directory: Path) -> tuple[Any, int] | None:
+def latest_checkpoint(ws: Workspace, rel: str) -> tuple[Any, int] | None:
     """(Ray Checkpoint, its step) of the run's latest checkpoint, or None when it has none."""
     from ray.train import Result
 
-    if not (directory / "checkpoint_manager_snapshot.json").is_file():
+    if not ws.exists(f"{rel}/checkpoint_manager_snapshot.json"):
         return None
     try:
-        result = Result.from_path(str(directory))
+        result = Result.from_path(ws.path(rel), storage_filesystem=ws.fs)
     except RuntimeError:
         return None
     if result.checkpoint is None or not result.metrics:
@@ -115,17 +118,22 @@ class Launch:
 
     spec: Any  # train_loop.LoopSpec
     name: str
-    directory: Path  # <workspace>/checkpoints/<run>
+    ws: Workspace
+    rel: str  # checkpoints/<run> in the workspace
     latest: tuple[Any, int] | None  # (checkpoint, step) to resume from
 
     @property
     def finished(self) -> bool:
         """The last checkpoint is the final one and holds the consolidated model: nothing to train."""
+        import pyarrow.fs as pafs
+
         from pipelines.train_loop import MODEL_DIR
 
         if self.latest is None or self.latest[1] < self.spec.loop.max_steps:
             return False
-        return (Path(self.latest[0].path) / MODEL_DIR / "config.json").is_file()
+        checkpoint = self.latest[0]
+        info = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{MODEL_DIR}/config.json")
+        return info.type == pafs.FileType.File
 
 
 def prepare(
@@ -134,7 +142,7 @@ def prepare(
     section: str,
     task: Any,
     gpt: dict,
-    init_dir: Path | None,
+    init_model: DirRef | None,
     dataset: tuple | None = None,
     **spec_options: Any,
 ) -> Launch:
@@ -149,8 +157,8 @@ def prepare(
 
     check_combination(loop, section)
     check_cluster(loop, section)
-    name, directory = run_name(loop, ctx.stage, ctx.fingerprint), run_dir(ctx, loop)
-    record_rel = f"{CHECKPOINTS}/{name}/{RUN_RECORD}"
+    name, rel = run_name(loop, ctx.stage, ctx.fingerprint), run_rel(ctx, loop)
+    record_rel = f"{rel}/{RUN_RECORD}"
     record = ctx.ws.read_json(record_rel) if ctx.ws.exists(record_rel) else None
     current = {
         "gpt": gpt,
@@ -160,7 +168,7 @@ def prepare(
         "global_batch_size": loop.global_batch_size,
         "tokenizer_sha256": getattr(task, "tokenizer_sha256", None),
     }
-    latest = latest_checkpoint(directory)
+    latest = latest_checkpoint(ctx.ws, rel)
     if latest is not None:
         check_resumable(record, current, name, section)
     run_id = training_run_id(record, latest is not None, ctx.mlflow_run_id)
@@ -174,18 +182,19 @@ def prepare(
         loop=loop,
         gpt=gpt,
         task=task,
-        init_model_dir=str(init_dir) if init_dir else None,
+        init_model_dir=init_model,
         compile=ctx.cfg.model.compile,
         tracking_uri=mlflow.get_tracking_uri(),
         mlflow_run_id=run_id,
         params=tracking.safe_params(ctx.cfg.model_dump(mode="json")),
-        fault=FaultHook(tuple(int(s) for s in fault.split(",")), str(directory)) if fault else None,
+        fault=FaultHook(tuple(int(s) for s in fault.split(",")), ctx.ws.full_uri(rel)) if fault else None,
         label=ctx.stage,
+        async_upload=not ctx.ws.is_local,
         **spec_options,
     )
     where = f"resuming from the checkpoint of step {latest[1]}" if latest else "starting"
-    ctx.log(f"[{ctx.stage}] run {name!r} {where}; checkpoints in {directory}")
-    return Launch(spec, name, directory, latest)
+    ctx.log(f"[{ctx.stage}] run {name!r} {where}; checkpoints in {ctx.ws.full_uri(rel)}")
+    return Launch(spec, name, ctx.ws, rel, latest)
 
 
 def train(launch: Launch, log=print) -> tuple[dict[str, Any], Any]:
@@ -214,7 +223,8 @@ def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
         ),
         run_config=RunConfig(
             name=launch.name,
-            storage_path=str(launch.directory.parent),
+            storage_path=launch.ws.path(CHECKPOINTS),
+            storage_filesystem=None if launch.ws.is_local else launch.ws.fs,
             failure_config=FailureConfig(max_failures=loop.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=loop.keep_checkpoints),
         ),
@@ -251,18 +261,22 @@ def _worker_user_error(exc: BaseException) -> UserError | None:
 
 # --- publish -------------------------------------------------------------------------------------
 def collect(checkpoint: Any, out_dir: Path) -> dict[str, Any]:
-    """Copy the consolidated model out of the final checkpoint; rank 0's final training state."""
-    from pipelines.train_checkpoint import read_rank_state
+    """Copy the consolidated model out of the final checkpoint (only that: not the optimizer
+    states) into a local directory; rank 0's final training state."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from pipelines.train_checkpoint import rank_state_rel
     from pipelines.train_loop import MODEL_DIR
 
-    with checkpoint.as_directory() as directory:
-        model = Path(directory) / MODEL_DIR
-        if not (model / "config.json").is_file():
-            raise RuntimeError(f"checkpoint {directory} holds no consolidated model ({MODEL_DIR}/)")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for item in model.iterdir():
-            shutil.copyfile(item, out_dir / item.name)
-        return read_rank_state(directory, 0)
+    fs, root = checkpoint.filesystem, checkpoint.path
+    if fs.get_file_info(f"{root}/{MODEL_DIR}/config.json").type != pafs.FileType.File:
+        raise RuntimeError(f"checkpoint {root} holds no consolidated model ({MODEL_DIR}/)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(f"{root}/{MODEL_DIR}", str(out_dir), source_filesystem=fs)
+    with fs.open_input_stream(f"{root}/{rank_state_rel(0)}") as f:
+        return json.loads(f.read())
 
 
 def publish(
@@ -275,33 +289,19 @@ def publish(
 ) -> dict[str, Any]:
     """The model into models/<run>/, MLflow (training run), the registry (with `tags` on the new
     version, e.g. fine-tuning's lineage), and - with a registry.GateData - the champion gate."""
-    import mlflow
+    from pipelines.cache import staging_dir
 
-    from pipelines import registry
-
-    model_dir = ctx.ws.local_path(ctx.out)
-    final = collect(checkpoint, model_dir)
-    run_id = launch.spec.mlflow_run_id
-    active = mlflow.active_run()
-    switch = active is None or active.info.run_id != run_id
-    with mlflow.start_run(run_id=run_id, nested=active is not None) if switch else contextlib.nullcontext():
-        model_uri = registry.log_model(model_dir)
-    name = ctx.cfg.mlflow.registered_model
-    tags = {"run_name": launch.name, "stage": ctx.stage, "mlflow_run_id": run_id or "", **(tags or {})}
-    version = registry.register(model_uri, name, tags)
-    decision = registry.champion_gate(name, version, model_dir, gate) if gate is not None else None
-    ctx.log(
-        f"[{ctx.stage}] registered {name} version {version} ({registry.latest_uri(name)}){_verdict(decision)}"
-    )
+    model_dir = Path(staging_dir("model-"))
+    try:
+        final = collect(checkpoint, model_dir)
+        files = ctx.ws.upload_dir(model_dir, ctx.out)  # files first; the runner writes the manifest last
+        result = _register(ctx, launch, model_dir, DirRef(ctx.ws.full_uri(ctx.out), files), gate, tags)
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
     return {
+        **result,
         "run_name": launch.name,
-        "checkpoints": f"{CHECKPOINTS}/{launch.name}",
-        "mlflow_run_id": run_id,
-        "model_uri": model_uri,
-        "registered_model": name,
-        "version": version,
-        "registered_uri": f"models:/{name}/{version}",
-        "champion": decision,
+        "checkpoints": launch.rel,
         "resumed_from_step": summary["start_step"],
         "steps": final["step"],
         "tokens": final["tokens"],
@@ -310,6 +310,34 @@ def publish(
         "world_size": final["world_size"],
         "grad_accum_steps": final["grad_accum_steps"],
         "timing": {k: round(v, 3) for k, v in summary["timing"].items()},
+    }
+
+
+def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tags) -> dict[str, Any]:
+    """Log the model to the training run, register a version, run the gate on the published copy."""
+    import mlflow
+
+    from pipelines import registry
+
+    run_id = launch.spec.mlflow_run_id
+    active = mlflow.active_run()
+    switch = active is None or active.info.run_id != run_id
+    with mlflow.start_run(run_id=run_id, nested=active is not None) if switch else contextlib.nullcontext():
+        model_uri = registry.log_model(model_dir)
+    name = ctx.cfg.mlflow.registered_model
+    tags = {"run_name": launch.name, "stage": ctx.stage, "mlflow_run_id": run_id or "", **(tags or {})}
+    version = registry.register(model_uri, name, tags)
+    decision = registry.champion_gate(name, version, published, gate) if gate is not None else None
+    ctx.log(
+        f"[{ctx.stage}] registered {name} version {version} ({registry.latest_uri(name)}){_verdict(decision)}"
+    )
+    return {
+        "mlflow_run_id": run_id,
+        "model_uri": model_uri,
+        "registered_model": name,
+        "version": version,
+        "registered_uri": f"models:/{name}/{version}",
+        "champion": decision,
     }
 
 

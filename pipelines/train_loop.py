@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.cache import DirRef, as_local, staging_dir
 from pipelines.config import LoopConfig
 from pipelines.train_checkpoint import TrainState
 from pipelines.train_metrics import MetricsLog, Progress, memory_mb
@@ -37,7 +37,7 @@ class FaultHook:
     step and run (a marker file, written before exiting, stops the restarted worker from exiting again)."""
 
     steps: tuple[int, ...]
-    marker_dir: str
+    marker_dir: str  # a workspace URI: the restarted worker may run on another node
     rank: int = 1
 
     # Ray Train V2 collects each rank's report on its health check (every 2 s): a rank that dies
@@ -46,10 +46,11 @@ class FaultHook:
     wait_s: float = 3.0
 
     def maybe_fire(self, step: int, rank: int) -> None:
-        marker = Path(self.marker_dir) / f"fault-at-step-{step}"
-        if step in self.steps and rank == self.rank and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"rank {rank} exited after step {step}\n")
+        from pipelines.workspace import Workspace
+
+        markers, marker = Workspace(self.marker_dir), f"fault-at-step-{step}"
+        if step in self.steps and rank == self.rank and not markers.exists(marker):
+            markers.write_bytes(marker, f"rank {rank} exited after step {step}\n".encode())
             time.sleep(self.wait_s)
             say(f"[fault] rank {rank} exits after step {step} (test hook)")
             os._exit(1)
@@ -62,7 +63,7 @@ class LoopSpec:
     loop: LoopConfig
     gpt: dict[str, Any]  # gpt2core GPTConfig fields (vocab and architecture resolved)
     task: Any  # a pipelines.train_task.Task
-    init_model_dir: str | None = None  # initial weights (model directory); None = GPT-2 init
+    init_model_dir: str | DirRef | None = None  # initial weights (model directory); None = GPT-2 init
     compile: bool = False
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
@@ -71,6 +72,7 @@ class LoopSpec:
     label: str = "pretrain"
     lora: Any = None  # gpt2core.lora.LoraConfig: train only low-rank adapters, merged into the export
     early_stop_patience: int = 0  # evaluations without a better val loss before stopping; 0 = never
+    async_upload: bool = False  # object-store storage: upload checkpoints while training goes on
 
 
 # --- building blocks (also used directly by tests and the benchmark) ---------------------------
@@ -88,7 +90,7 @@ def build_model(spec: LoopSpec):
     if spec.init_model_dir is None:
         model = GPT(config)
     else:
-        weights = Path(spec.init_model_dir) / WEIGHTS_FILE
+        weights = Path(as_local(spec.init_model_dir)) / WEIGHTS_FILE
         model = build_model(config, load_file(str(weights)), weights).float()
     if spec.lora is not None:
         from gpt2core.lora import apply_lora
@@ -207,7 +209,7 @@ def write_model(state_dict: dict[str, Any], spec: LoopSpec, target: str | Path) 
 
         state_dict = merged_state_dict(state_dict, spec.lora)
     save_state_dict(state_dict, GPTConfig.from_dict(spec.gpt), target)
-    load_tokenizer(spec.task.tokenizer_dir).save_to(target)
+    load_tokenizer(as_local(spec.task.tokenizer_dir)).save_to(target)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -363,19 +365,25 @@ class Worker:
             "grad_accum_steps": self.engine.gradient_accumulation_steps(),
             "node_id": _node_id(),
         }
-        with tempfile.TemporaryDirectory(prefix="ckpt-") as directory:
-            train_checkpoint.save(self.engine, directory, self.rank, state, self.source, extra)
-            if final:
-                weights = full_state_dict(self.engine, self.rank)  # every rank: gathers partitions
-                if self.rank == 0:
-                    self._say(
-                        f"[{self.spec.label}] consolidated the weights (ZeRO stage {self.loop.zero_stage})"
-                    )
-                    write_model(weights, self.spec, Path(directory) / MODEL_DIR)
-            self.metrics.flush()  # every step up to the checkpoint is in MLflow before it counts
-            fresh_eval = self.last_eval is not None and self.last_eval["step"] == state.step  # not stale
-            metrics = {"step": state.step, "tokens": state.tokens, **self._eval_metrics(fresh_eval)}
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        # A local staging directory that Ray Train deletes once the checkpoint is in storage.
+        directory = staging_dir("ckpt-")
+        train_checkpoint.save(self.engine, directory, self.rank, state, self.source, extra)
+        if final:
+            weights = full_state_dict(self.engine, self.rank)  # every rank: gathers partitions
+            if self.rank == 0:
+                self._say(f"[{self.spec.label}] consolidated the weights (ZeRO stage {self.loop.zero_stage})")
+                write_model(weights, self.spec, Path(directory) / MODEL_DIR)
+        self.metrics.flush()  # every step up to the checkpoint is in MLflow before it counts
+        fresh_eval = self.last_eval is not None and self.last_eval["step"] == state.step  # not stale
+        metrics = {"step": state.step, "tokens": state.tokens, **self._eval_metrics(fresh_eval)}
+        # The final checkpoint holds the model the launcher publishes: it is in storage when fit ends.
+        mode = "ASYNC" if self.spec.async_upload and not final else "SYNC"
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode[mode],
+            delete_local_checkpoint_after_upload=True,
+        )
         kind = "final_checkpoint" if final else "checkpoint"  # the final one also consolidates
         self.timing[f"{kind}_s"] = self.timing.get(f"{kind}_s", 0.0) + time.perf_counter() - tick
         self.timing[f"{kind}s"] = self.timing.get(f"{kind}s", 0) + 1

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipelines.cache import DirRef, as_local
+
 
 class BatchSource(Protocol):
     def next_batch(self, batch_size: int) -> tuple[Any, Any]: ...
@@ -30,7 +32,7 @@ class BatchSource(Protocol):
 
 class Task(Protocol):
     name: str  # "pretrain", "finetune": names the task in logs and the consolidated model's lineage
-    tokenizer_dir: str  # local directory whose tokenizer files go into the model directory
+    tokenizer_dir: str | DirRef  # whose tokenizer files go into the model directory
     vocab_size: int
 
     def train_source(self, rank: int, world_size: int, block_size: int, seed: int) -> BatchSource: ...
@@ -45,11 +47,12 @@ class Task(Protocol):
 @dataclass
 class PretrainTask:
     """Token shards: the train split through the resumable rank-disjoint WindowSampler, the val split
-    through the fixed-order eval iterator (gpt2core/data.py). Files were checksummed by the launcher,
-    so workers open them without hashing again."""
+    through the fixed-order eval iterator (gpt2core/data.py). Files were checksummed by the launcher
+    (local workspace) or by the node cache as it fetched them (object store), so workers open them
+    without hashing again."""
 
-    shards_dir: str
-    tokenizer_dir: str
+    shards_dir: str | DirRef  # a local path, or a published directory fetched into the node cache
+    tokenizer_dir: str | DirRef
     tokenizer_sha256: str
     vocab_size: int
     name: str = "pretrain"
@@ -58,7 +61,7 @@ class PretrainTask:
         from gpt2core.data import TokenShards
 
         return TokenShards(
-            self.shards_dir,
+            as_local(self.shards_dir),
             split,
             expect_sha256=self.tokenizer_sha256,
             expect_vocab_size=self.vocab_size,

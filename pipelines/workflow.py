@@ -82,6 +82,7 @@ class Runner:
 
     def __post_init__(self):
         self.ws = Workspace(self.cfg.workspace)
+        self.ws.check_reachable()  # one line naming `workspace`, before any stage reads a manifest
         self.by_name = {s.name: s for s in self.stages}
 
     # --- planning --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,20 @@ from pipelines.errors import UserError
 
 
 class Workspace:
-    def __init__(self, uri: str):
-        self.uri = uri
+    """`key` names the config key the URI came from, for errors (`workspace`, `train.shards`, ...)."""
+
+    def __init__(self, uri: str, key: str = "workspace"):
+        self.uri, self.key = uri, key
+        # pyarrow URI options (?endpoint_override=...&scheme=http) travel with every URI handed on
+        self.query = uri.split("?", 1)[1] if "?" in uri and "://" in uri else ""
         if "://" in uri and not uri.startswith("file://"):
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(uri)
             except Exception as exc:  # noqa: BLE001 - any pyarrow error is a config problem here
-                raise UserError(f"config key 'workspace': cannot open {uri!r}: {exc}") from None
+                raise UserError(
+                    f"config key '{key}': cannot open {_redacted(uri)}: {_first_line(exc)}"
+                ) from None
+            self.root = self.root.rstrip("/")
         else:
             local = Path(uri.removeprefix("file://")).expanduser().resolve()
             self.fs, self.root = pafs.LocalFileSystem(), str(local)
@@ -41,16 +49,67 @@ class Workspace:
 
     def full_uri(self, rel: str = "") -> str:
         """A URI that other processes (Ray workers, MLflow) can open."""
+        return self.uri_of(self.path(rel))
+
+    def uri_of(self, fs_path: str) -> str:
+        """The URI of a path on this workspace's filesystem (it may lie outside the workspace)."""
         if self.is_local:
-            return self.path(rel)
+            return fs_path
         scheme = self.uri.split("://", 1)[0]
-        return f"{scheme}://{self.path(rel)}"
+        return f"{scheme}://{fs_path}" + (f"?{self.query}" if self.query else "")
+
+    def check_reachable(self) -> None:
+        """Fail now, in one line naming the config key, when an object store cannot be used: an
+        unknown endpoint, a missing bucket, missing or refused credentials."""
+        if self.is_local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            info = self.fs.get_file_info(bucket)
+        except OSError as exc:
+            raise UserError(
+                f"config key '{self.key}': cannot reach {_redacted(self.uri)}: {_first_line(exc)} "
+                "(check the endpoint and credentials: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID/AWS_PROFILE)"
+            ) from None
+        if info.type == pafs.FileType.NotFound:
+            raise UserError(
+                f"config key '{self.key}': bucket {bucket!r} of {_redacted(self.uri)} does not exist"
+            )
 
     def local_path(self, rel: str = "") -> Path:
-        """A local path; only for local workspaces (SQLite, DeepSpeed checkpoints, SentencePiece)."""
+        """A local path; only for local workspaces (tests and local tools). Stages use
+        pipelines/cache.py to get local copies of workspace files on any node."""
         if not self.is_local:
             raise UserError(f"workspace {self.uri!r} is not local; this step needs a local or mounted path")
         return Path(self.path(rel))
+
+    def upload_dir(self, local: str | Path, rel: str) -> dict[str, str]:
+        """Copy the files of a local directory into `rel` (flat); returns {name: sha256}."""
+        from pipelines.hashing import sha256_path
+
+        files = {}
+        for item in sorted(Path(local).iterdir()):
+            if item.is_file():
+                files[item.name] = sha256_path(item)
+                self.upload_file(item, f"{rel}/{item.name}")
+        return files
+
+    def upload_file(self, local: str | Path, rel: str) -> None:
+        """One local file into the workspace, never visible half-written (temp + rename locally,
+        one atomic PUT or multipart completion on object stores)."""
+        self.makedirs(posixpath.dirname(rel))
+        if self.is_local:
+            target = Path(self.path(rel))
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                shutil.copyfile(local, tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
+        pafs.copy_files(str(local), self.path(rel), destination_filesystem=self.fs)
 
     # --- files -----------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
@@ -124,3 +183,12 @@ class Workspace:
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _redacted(uri: str) -> str:
+    """The URI without its query options (they may carry keys)."""
+    return repr(uri.split("?", 1)[0])

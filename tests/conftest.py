@@ -25,6 +25,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The S3-compatible server of the tests (moto's standalone server, `s3_server` starts it) and the
+# node-local cache, set before any Ray starts so that every worker inherits them. `{node}` gives
+# each Ray node its own cache directory: a hidden dependence on one node's files fails.
+S3_PORT = free_port()
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
+    PIPELINES_CACHE_DIR=os.path.join(tempfile.mkdtemp(prefix="pipelines-cache-"), "{node}"),
+)
+
+
 def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None, headers=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -220,3 +233,34 @@ def prepared_workspace(ray_session, tmp_path_factory):
 
     start_session_ray()  # the shards stage needs it; a multi-node test may have stopped it
     return build_prepared_workspace(tmp_path_factory.mktemp("prepared") / "ws")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API server (moto) on 127.0.0.1, reached through AWS_ENDPOINT_URL."""
+    log = open(tmp_path_factory.mktemp("s3-server") / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    wait_http(f"{endpoint}/moto-api/", proc=proc)
+    yield endpoint
+    stop_process_group(proc)
+    log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket; yields its URI `s3://<bucket>`."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -36,8 +36,8 @@ def test_init_from_a_registry_alias_loads_that_models_weights(
     loop = LoopConfig(
         num_workers=2, micro_batch_size=4, global_batch_size=16, init_from=f"models:/{NAME}@champion"
     )
-    init_dir = resolve_init(loop, tmp_path / "run", "train")
-    assert init_dir.is_relative_to(tmp_path / "run")  # downloaded where every worker can read it
+    init_dir = resolve_init(loop, "train")
+    assert (init_dir / "config.json").is_file()  # downloaded on the driver; stage_init shares it
     # the model section asks for another architecture: the initial model's wins, dropout is ours
     cfg = pw.config("model.n_layer=6", "model.dropout=0.1")
     gpt = resolve_model(cfg, 512, pw.tokenizer_sha256, init_dir)
@@ -61,4 +61,4 @@ def test_init_from_a_missing_registry_version_names_the_key(mlflow_env, tmp_path
         num_workers=2, micro_batch_size=4, global_batch_size=16, init_from=f"models:/{NAME}/404"
     )
     with pytest.raises(UserError, match=r"train\.init_from.*cannot download"):
-        resolve_init(loop, tmp_path / "run", "train")
+        resolve_init(loop, "train")
