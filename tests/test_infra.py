@@ -1,10 +1,12 @@
 """infra/ as a reader would check it: every manifest parses, every job command it runs names a real
 job whose own CLI accepts the arguments and whose config loads, every schedule parses, token auth is
-on wherever a Ray cluster starts, nothing listens publicly, and no file holds a credential."""
+on wherever a Ray cluster starts, nothing listens publicly, no file holds a credential, and the
+bucket-workspace KubeRay example (kuberay/s3/) shares no volume and tracks into the MLflow server."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import re
@@ -41,6 +43,8 @@ FILES = sorted(
 YAML_FILES = [p for p in FILES if p.suffix in (".yaml", ".yml")]
 # The image puts the repository here (infra/docker/Dockerfile); Kubernetes manifests use absolute paths.
 APP_DIR = re.search(r"^WORKDIR\s+(\S+)", (INFRA / "docker" / "Dockerfile").read_text(), re.M).group(1)
+# The KubeRay example whose workspace is a bucket: no shared volume, MLflow as a server.
+BUCKET_EXAMPLE = "kuberay/s3/"
 JOB_CALL = re.compile(r"(?:^|[\s;&|(=])(?:\S*/)?python3?\s+(\S*\bjobs/(\w+)\.py)(.*)")
 SHELL_OPERATOR = set("();<>|&")
 
@@ -169,6 +173,7 @@ def test_the_schedules_and_submissions_are_all_there():
         ("kuberay/rayjob-pretrain.yaml", "pretrain"),
         ("kuberay/raycronjob-refresh.yaml", "refresh_corpus"),
         ("kuberay/cronjob-refresh.yaml", "refresh_corpus"),
+        ("kuberay/s3/rayjob-pretrain.yaml", "pretrain"),
         ("vm/cluster.yaml", "pretrain"),
         ("vm/cluster.yaml", "refresh_corpus"),
         ("local/crontab", "refresh_corpus"),
@@ -318,24 +323,220 @@ def test_token_auth_in_every_kuberay_cluster_and_job():
             assert selected in clusters, f"{source}: runs on {selected!r}, not a token-auth RayCluster here"
 
 
+def in_bucket_example(source: str) -> bool:
+    return source.startswith(BUCKET_EXAMPLE)
+
+
+def ray_pods(cluster: dict) -> list[tuple[str, dict]]:
+    """(group, pod template) of a RayCluster: the head, then each worker group."""
+    spec = cluster["spec"]
+    groups = [("head", spec["headGroupSpec"]), *((g["groupName"], g) for g in spec["workerGroupSpecs"])]
+    return [(name, group["template"]) for name, group in groups]
+
+
+def configmaps() -> dict[tuple[str, str], dict]:
+    return {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d.get("data") or {}
+        for _, d in k8s_objects("ConfigMap")
+    }
+
+
+def container_env(container: dict, namespace: str) -> dict[str, str]:
+    """The plain environment a container gets: its ConfigMaps' data (envFrom, later sources win over
+    earlier ones), then its `env` values. Secrets' values are not known here and not wanted."""
+    maps, env = configmaps(), {}
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            ref = source["configMapRef"]
+            key = (namespace, ref["name"])
+            assert key in maps or ref.get("optional"), f"envFrom: no ConfigMap {ref['name']} in infra/"
+            env.update({name: str(value) for name, value in maps.get(key, {}).items()})
+    env.update({e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e})
+    return env
+
+
 def test_kuberay_jobs_workspace_is_shared_storage_on_every_ray_pod():
+    """The shared-volume example: its jobs use /mnt/workspace, which every Ray pod mounts from an RWX claim."""
     workspaces = {
         a.split("=", 1)[1]
         for c in COMMANDS
-        if c.source.startswith("kuberay/")
+        if c.source.startswith("kuberay/") and not in_bucket_example(c.source)
         for a in c.args
         if a.startswith("workspace=")
     }
     assert workspaces == {"/mnt/workspace"}, workspaces
     claims = {d["metadata"]["name"]: d["spec"] for _, d in k8s_objects("PersistentVolumeClaim")}
-    specs = [cluster["spec"] for _, cluster in k8s_objects("RayCluster")]
-    groups = [group for spec in specs for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]]
-    for pod in (group["template"]["spec"] for group in groups):
+    clusters = [c for f, c in k8s_objects("RayCluster") if not in_bucket_example(f)]
+    assert clusters
+    for pod in (template["spec"] for cluster in clusters for _, template in ray_pods(cluster)):
         volumes = {v["name"]: v for v in pod["volumes"]}
         for container in pod["containers"]:
             (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/mnt/workspace"]
             claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
             assert claims[claim]["accessModes"] == ["ReadWriteMany"], claim
+
+
+SHARED_VOLUME_TYPES = {"persistentVolumeClaim", "ephemeral", "nfs", "csi", "iscsi", "cephfs", "glusterfs"}
+AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+def mlflow_server_address(uri: str, namespace: str) -> bool:
+    """Whether a tracking URI is the in-cluster MLflow Service of mlflow/k8s.yaml, as DNS names it
+    (service, service.namespace, service.namespace.svc[.cluster.local]), on its port."""
+    url = urlsplit(uri)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return False
+    name, _, rest = url.hostname.partition(".")
+    ns = rest.split(".", 1)[0] if rest else namespace
+    if rest and rest.removeprefix(ns) not in ("", ".svc", ".svc.cluster.local"):
+        return False
+    port = url.port or {"http": 80, "https": 443}[url.scheme]
+    return any(
+        d["metadata"]["name"] == name
+        and d["metadata"]["namespace"] == ns
+        and port in {p["port"] for p in d["spec"]["ports"]}
+        for f, d in k8s_objects("Service")
+        if f == "mlflow/k8s.yaml"
+    )
+
+
+def bucket_example_jobs() -> list[tuple[JobCommand, list[dict]]]:
+    """Each job command of the bucket example, with the RayClusters it runs on: the one its RayJob or
+    RayCronJob selects; for a command elsewhere in those files (a comment), every cluster there."""
+    objects = [(f, d) for f, d in k8s_objects() if in_bucket_example(f)]
+    clusters = {d["metadata"]["name"]: d for _, d in objects if d["kind"] == "RayCluster"}
+    runs_on = {}
+    for source, obj in objects:
+        if obj["kind"] in ("RayJob", "RayCronJob"):
+            spec = obj["spec"]["jobTemplate"] if obj["kind"] == "RayCronJob" else obj["spec"]
+            selected = spec["clusterSelector"]["ray.io/cluster"]
+            assert selected in clusters, (
+                f"{source}: runs on {selected!r}, not a RayCluster of {BUCKET_EXAMPLE}"
+            )
+            for command in job_commands_in(spec["entrypoint"], source):
+                runs_on[command] = [clusters[selected]]
+    commands = [c for c in COMMANDS if in_bucket_example(c.source)]
+    return [(c, runs_on.get(c, list(clusters.values()))) for c in commands]
+
+
+def cache_volume(container: dict, pod: dict, env: dict[str, str]) -> dict | None:
+    """The volume PIPELINES_CACHE_DIR lies on (the part before a `{node}`), if any."""
+    cache_dir = env.get("PIPELINES_CACHE_DIR", "").split("{node}", 1)[0].rstrip("/")
+    mounts = [
+        m
+        for m in container.get("volumeMounts") or []
+        if cache_dir.startswith("/") and (cache_dir + "/").startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    if not mounts:
+        return None
+    name = max(mounts, key=lambda m: len(m["mountPath"]))["name"]
+    return {v["name"]: v for v in pod.get("volumes") or []}[name]
+
+
+def test_bucket_example_pods_share_no_volume_and_cache_on_their_node():
+    """No PersistentVolumeClaim or other shared volume; a node-local download cache; credentials from a
+    Secret or the pods' ServiceAccount, never in plain env; the pods may reach the MLflow server."""
+    objects = [(f, d) for f, d in k8s_objects() if in_bucket_example(f)]
+    kinds = {d["kind"] for _, d in objects}
+    assert {"RayCluster", "RayJob"} <= kinds, f"{BUCKET_EXAMPLE} needs a RayCluster and a RayJob: {kinds}"
+    assert not kinds & {"PersistentVolumeClaim", "PersistentVolume"}, kinds
+    accounts = {d["metadata"]["name"] for _, d in objects if d["kind"] == "ServiceAccount"}
+    (policy,) = [d for f, d in k8s_objects("NetworkPolicy") if f == "mlflow/k8s.yaml"]
+    admitted = [r["podSelector"]["matchLabels"] for entry in policy["spec"]["ingress"] for r in entry["from"]]
+    for source, cluster in [(f, d) for f, d in objects if d["kind"] == "RayCluster"]:
+        head_account = cluster["spec"]["headGroupSpec"]["template"]["spec"].get("serviceAccountName")
+        for group, template in ray_pods(cluster):
+            where = f"{source}: {cluster['metadata']['name']}/{group}"
+            pod = template["spec"]
+            for volume in pod.get("volumes") or []:
+                assert not set(volume) & SHARED_VOLUME_TYPES, f"{where}: volume {volume['name']} is shared"
+            labels = template["metadata"]["labels"]
+            assert any(labels.items() >= r.items() for r in admitted), (
+                f"{where}: MLflow's NetworkPolicy drops it"
+            )
+            account = pod.get("serviceAccountName")
+            assert account in accounts, f"{where}: ServiceAccount {account!r} is not in {BUCKET_EXAMPLE}"
+            if group != "head":  # KubeRay binds the autoscaler's Role (patch pods) to the head's account
+                assert account != head_account, f"{where}: runs as the head's ServiceAccount"
+            for container in pod["containers"]:
+                env = container_env(container, cluster["metadata"]["namespace"])
+                plain = {k for k in env if k in AWS_CREDENTIALS or is_secret_name(k)}
+                assert not plain, f"{where}: {sorted(plain)} in plain env: use the Secret"
+                secrets = [s for s in container.get("envFrom") or [] if "secretRef" in s]
+                assert secrets, f"{where}: no Secret for the credentials (envFrom secretRef)"
+                volume = cache_volume(container, pod, env)
+                assert volume is not None, (
+                    f"{where}: PIPELINES_CACHE_DIR {env.get('PIPELINES_CACHE_DIR')!r} is on no volume"
+                )
+                on_disk = "emptyDir" in volume and (volume["emptyDir"] or {}).get("medium") != "Memory"
+                assert on_disk or "hostPath" in volume, (
+                    f"{where}: cache volume {volume['name']} is not the node's disk"
+                )
+
+
+def test_bucket_example_jobs_use_a_bucket_workspace_and_the_mlflow_server():
+    """Every job command: an s3:// workspace, and a tracking URI (`mlflow.tracking_uri`, else
+    MLFLOW_TRACKING_URI on every container of the cluster it runs on) that is the MLflow Service."""
+    jobs = bucket_example_jobs()
+    assert jobs, f"no job command in {BUCKET_EXAMPLE}"
+    for command, runs_on in jobs:
+        args = job_parser(command.job).parse_args(list(command.args))
+        cfg = load_config(repo_path(args.config), args.overrides)
+        workspace = urlsplit(cfg.workspace)
+        assert workspace.scheme == "s3" and workspace.netloc, (
+            f"{command}: workspace {cfg.workspace} is no bucket"
+        )
+        for cluster in runs_on:
+            for group, template in ray_pods(cluster):
+                for container in template["spec"]["containers"]:
+                    env = container_env(container, cluster["metadata"]["namespace"])
+                    tracking = cfg.mlflow.tracking_uri or env.get("MLFLOW_TRACKING_URI")
+                    assert tracking, (
+                        f"{command}: no mlflow.tracking_uri, and no MLFLOW_TRACKING_URI on {group}"
+                    )
+                    assert mlflow_server_address(tracking, cluster["metadata"]["namespace"]), (
+                        f"{command}: {tracking} ({group}) is not the MLflow server of mlflow/k8s.yaml"
+                    )
+
+
+def _without_storage(cluster: dict) -> dict:
+    """A RayCluster less what depends on where the workspace lives: its name, the workspace and cache
+    volumes, envFrom, the pods' identity and their disk requests."""
+    cluster = copy.deepcopy(cluster)
+    cluster["metadata"].pop("name")
+    for _, template in ray_pods(cluster):
+        pod = template["spec"]
+        pod.pop("serviceAccountName", None)
+        dropped = set()
+        for container in pod["containers"]:
+            cache = cache_volume(container, pod, container_env(container, cluster["metadata"]["namespace"]))
+            dropped |= {cache["name"]} if cache else set()
+            dropped |= {m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/mnt/workspace"}
+            container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] not in dropped]
+            container.pop("envFrom", None)
+            for part in (container.get("resources") or {}).values():
+                part.pop("ephemeral-storage", None)
+        pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in dropped]
+    return cluster
+
+
+def test_bucket_example_is_the_shared_volume_cluster_apart_from_storage():
+    """kuberay/s3/ repeats raycluster.yaml rather than patch it (Kustomize cannot merge a RayCluster's
+    lists): the copy may differ only where the workspace lives, and its RayJob only in the workspace."""
+    ((_, shared),) = [(f, d) for f, d in k8s_objects("RayCluster") if f == "kuberay/raycluster.yaml"]
+    ((_, bucket),) = [(f, d) for f, d in k8s_objects("RayCluster") if in_bucket_example(f)]
+    assert _without_storage(bucket) == _without_storage(shared)
+    for (_, a), (_, b) in zip(ray_pods(shared), ray_pods(bucket), strict=True):
+        for c_shared, c_bucket in zip(a["spec"]["containers"], b["spec"]["containers"], strict=True):
+            missing = [s for s in c_shared.get("envFrom") or [] if s not in (c_bucket.get("envFrom") or [])]
+            assert not missing, f"the bucket cluster's containers lack {missing}"
+
+    def settings(command: JobCommand) -> tuple:
+        return command.job, tuple(re.sub(r"^workspace=.*", "workspace=", a) for a in command.args)
+
+    (shared_job,) = [c for c in COMMANDS if c.source == "kuberay/rayjob-pretrain.yaml"]
+    (bucket_job,) = [c for c in COMMANDS if c.source == BUCKET_EXAMPLE + "rayjob-pretrain.yaml"]
+    assert settings(bucket_job) == settings(shared_job)
 
 
 def test_vm_cluster_yaml_passes_rays_own_validation():
@@ -401,12 +602,23 @@ def test_mlflow_servers_take_valid_flags_proxy_artifacts_and_refuse_foreign_host
     from mlflow.cli import cli
     from mlflow.server.security_utils import is_allowed_host_header
 
-    (env,) = [d for _, d in k8s_objects("ConfigMap") if d["metadata"]["name"] == "gpt2-env"]
-    ray_pods_use = urlsplit(env["data"]["MLFLOW_TRACKING_URI"]).netloc
+    ray_pods_use = {  # the ConfigMaps of the Ray pods, and job commands' own mlflow.tracking_uri
+        *(data["MLFLOW_TRACKING_URI"] for data in configmaps().values() if "MLFLOW_TRACKING_URI" in data),
+        *(
+            a.split("=", 1)[1]
+            for c in COMMANDS
+            if c.source.startswith("kuberay/")
+            for a in c.args
+            if a.startswith("mlflow.tracking_uri=")
+        ),
+    }
     clients = {
         "mlflow/docker-compose.yaml": ["127.0.0.1:5000", "localhost:5000"],
-        "mlflow/k8s.yaml": [ray_pods_use],
+        "mlflow/k8s.yaml": sorted(
+            u.netloc for u in map(urlsplit, ray_pods_use) if u.scheme.startswith("http")
+        ),
     }
+    assert clients["mlflow/k8s.yaml"], "no Ray pod's MLFLOW_TRACKING_URI is the in-cluster server"
     commands = mlflow_server_commands()
     assert sorted(source for source, _ in commands) == sorted(clients)
     for source, command in commands:
@@ -417,6 +629,25 @@ def test_mlflow_servers_take_valid_flags_proxy_artifacts_and_refuse_foreign_host
         allowed = params["allowed_hosts"].split(",")
         assert all(is_allowed_host_header(allowed, host) for host in clients[source]), (source, allowed)
         assert not is_allowed_host_header(allowed, "mlflow.attacker.example"), source
+
+
+def test_in_cluster_mlflow_server_proxies_artifacts_to_a_bucket(monkeypatch):
+    """What the bucket example tracks into: the k8s.yaml server, set up from its Secret as
+    k8s.env.example shows, proxies artifacts to an s3:// --artifacts-destination."""
+    from mlflow.cli import cli
+
+    (deployment,) = [d for f, d in k8s_objects("Deployment") if f == "mlflow/k8s.yaml"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"secretRef": {"name": "mlflow-server"}} in container["envFrom"]
+    for name in [n for n in os.environ if n.startswith("MLFLOW_")]:
+        monkeypatch.delenv(name)
+    for line in (INFRA / "mlflow" / "k8s.env.example").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and key.startswith("MLFLOW_ARTIFACTS"):
+            monkeypatch.setenv(key, value)
+    params = cli.commands["server"].make_context("mlflow server", list(container["command"][2:])).params
+    assert params["serve_artifacts"] and not params["artifacts_only"]
+    assert urlsplit(params["artifacts_destination"]).scheme == "s3", params["artifacts_destination"]
 
 
 @pytest.fixture
@@ -435,6 +666,11 @@ def test_no_plaintext_credentials_in_any_file(no_env_secrets):
             assert redact(literal) == literal, f"{rel(path)}:{number} holds a credential: {line.strip()}"
     for source, obj in manifests():
         assert obj.get("kind") != "Secret", f"{source}: create Secrets from git-ignored env files instead"
+        if obj.get("kind") == "ConfigMap":
+            for key in obj.get("data") or {}:
+                assert not (is_secret_name(key) or key in AWS_CREDENTIALS), (
+                    f"{source}: {key} belongs in a Secret"
+                )
         for env in _env_lists(obj):
             for entry in env:
                 if is_secret_name(entry["name"]):
