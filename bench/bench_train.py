@@ -117,6 +117,7 @@ def ray_deepspeed(args, gpt: dict, pw, work: Path) -> dict:
     from pipelines.train_launch import Launch, fit
     from pipelines.train_loop import LoopSpec
     from pipelines.train_task import PretrainTask
+    from pipelines.workspace import Workspace
 
     loop = LoopConfig(
         num_workers=2,
@@ -139,7 +140,7 @@ def ray_deepspeed(args, gpt: dict, pw, work: Path) -> dict:
     spec = LoopSpec(loop=loop, gpt=gpt, task=task, label="bench")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        summary, _ = fit(Launch(spec, "bench-train", work / "checkpoints" / "bench-train", None))
+        summary, _ = fit(Launch(spec, "bench-train", Workspace(str(work)), "checkpoints/bench-train", None))
     finally:
         ray.shutdown()
     timing = summary["timing"]

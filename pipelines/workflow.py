@@ -19,6 +19,9 @@ from pipelines.errors import UserError
 from pipelines.manifest import checksum_files, fingerprint, manifest_digest, read_manifest, write_manifest
 from pipelines.workspace import Workspace
 
+# Test hook: the process dies after stage <name> uploaded its files, before its manifest.
+FAULT_PUBLISH_ENV = "PIPELINES_TEST_FAULT_BEFORE_MANIFEST"
+
 
 @dataclass(frozen=True)
 class Published:
@@ -247,6 +250,7 @@ class Runner:
                 **result,
             }
             body.setdefault("files", checksum_files(self.ws, step.out))
+            _fault_before_manifest(stage.name)
             manifest = write_manifest(self.ws, step.out, body)
             mlflow.log_metrics({**tracking.numeric_metrics(result), "seconds": seconds})
             tracking.log_dict(manifest, "manifest.json")  # redacted: no credentials in artifacts
@@ -266,3 +270,10 @@ class Runner:
         if name not in self.by_name:
             raise UserError(f"unknown stage {name!r} (stages: {', '.join(self.by_name)})")
         return self.by_name[name]
+
+
+def _fault_before_manifest(stage: str) -> None:
+    import os
+
+    if os.environ.get(FAULT_PUBLISH_ENV) == stage:
+        os._exit(3)

@@ -55,13 +55,13 @@ def write_batches(root: Path) -> list[list[Path]]:
     where: dict[str, tuple[str, str]] = {}  # unique doc name -> (uri, record id) of its first copy
 
     def unique(path: Path, n: int) -> dict:
-        where[f"u{n}"] = (str(path), f"u{n}")
+        where[f"u{n}"] = (path.name, f"u{n}")  # ids hash the name below the inputs' root
         return {"id": f"u{n}", "text": fresh[n]}
 
     def copy(path: Path, of: int, smaller: bool, edit: bool = False) -> dict:
         uri, rid = where[f"u{of}"]
         text = near(fresh[of]) if edit else fresh[of]
-        return {"id": record_id(str(path), f"copy-of-u{of}", doc_key(uri, rid), smaller), "text": text}
+        return {"id": record_id(path.name, f"copy-of-u{of}", doc_key(uri, rid), smaller), "text": text}
 
     junk = {"id": "junk", "text": SHOP}  # dropped by a quality rule, in every batch
     b0, b1, b2 = root / "b0.jsonl", root / "b1.jsonl", root / "b2.jsonl"

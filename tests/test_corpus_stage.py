@@ -227,7 +227,7 @@ def test_dedup_quality_at_controlled_similarity(ray_local, tmp_path):
     rejects = read_dir(tmp_path, "c/rejects").to_pylist()
     key_of = {r["id"]: r["id"] for r in data}
     key_of.update({r["id"]: r["duplicate_of"] for r in rejects})
-    source = str(tmp_path / "docs.jsonl")
+    source = "docs.jsonl"  # the name below the inputs' root: ids do not depend on where files lie
     cluster = [key_of[key_to_id(doc_key(source, name))] for name, _, _ in docs]
     high = low = high_merged = low_merged = 0
     for i in range(len(docs)):

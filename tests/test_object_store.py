@@ -208,3 +208,65 @@ def test_sqlite_tracking_with_an_object_store_workspace_is_a_config_error(s3_buc
     )
     assert proc.returncode == 2, proc.stderr
     assert "config key 'mlflow.tracking_uri'" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_publish_killed_before_its_manifest_is_never_read_and_is_rebuilt(s3_bucket, mlflow_server):
+    """The tokenizer stage dies after uploading its files: the shards stage refuses to read them,
+    and the next run rebuilds the tokenizer (the same bytes as a clean build)."""
+    from pipelines.workflow import FAULT_PUBLISH_ENV
+
+    ws = Workspace(f"{s3_bucket}/ws")
+    ws.write_bytes("raw/docs.jsonl", ("\n".join(dump_lines()) + "\n").encode())
+    sets = [*CHAIN, f"workspace={s3_bucket}/ws", f"corpus.inputs=['{s3_bucket}/ws/raw/*.jsonl']"]
+    sets += [f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment=object-store-publish"]
+
+    def pipeline(stages: str, env: dict | None = None):
+        cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/demo.yaml", "--stages", stages]
+        for item in sets:
+            cmd += ["--set", item]
+        return run_in_repo(cmd, env={**os.environ, **(env or {})})
+
+    assert pipeline("corpus").returncode == 0
+    killed = pipeline("tokenizer", {FAULT_PUBLISH_ENV: "tokenizer"})
+    assert killed.returncode == 3, killed.stderr[-2000:]
+    runner = Runner(load_config("configs/demo.yaml", sets), pipeline_stages(), log=lambda line: None)
+    out = runner.output("tokenizer")
+    assert ws.exists(f"{out}/spm.model") and not ws.exists(f"{out}/manifest.json")
+    assert runner.published("tokenizer") is None
+    reader = pipeline("shards")
+    assert reader.returncode == 2 and "needs the output of stage 'tokenizer'" in reader.stderr
+    rebuilt = pipeline("tokenizer")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "incomplete output (no manifest)" in rebuilt.stdout + rebuilt.stderr
+    manifest = runner.published("tokenizer").manifest
+    assert hashlib.sha256(ws.read_bytes(f"{out}/spm.model")).hexdigest() == manifest["tokenizer"]["sha256"]
+
+
+def test_a_refresh_on_s3_makes_a_child_version_and_extends_the_shards(chains, mlflow_server):
+    from pipelines.refresh import refresh
+
+    _, remote = chains
+    bucket = remote.ws.root.split("/", 1)[0]
+    before = remote.published("shards").manifest["splits"]["train"]["tokens"]
+    parent = remote.published("corpus")
+    fresh = [json.dumps({"id": f"new-{i}", "text": text}) for i, text in enumerate(refresh_texts())]
+    Workspace(f"s3://{bucket}").write_bytes("raw/more.jsonl", ("\n".join(fresh) + "\n").encode())
+    result = refresh(remote.cfg, log=lambda line: None)
+    assert result.status == "refreshed", result
+    assert result.parent.dir == parent.dir and result.corpus.parent_dir == parent.dir
+    assert result.new_files == [f"s3://{bucket}/raw/more.jsonl"]
+    assert result.shards.manifest["splits"]["train"]["tokens"] > before
+    assert remote.ws.exists(f"{result.shards.dir}/manifest.json")
+    assert not remote.ws.exists("locks/refresh.lock")  # released
+
+
+def refresh_texts() -> list[str]:
+    """English prose that no input held: the module docstrings of a few more stdlib modules."""
+    import importlib
+
+    names = ("argparse", "asyncio", "calendar", "configparser", "difflib", "heapq", "logging", "optparse")
+    return [
+        importlib.import_module(n).__doc__
+        for n in names
+        if len(importlib.import_module(n).__doc__ or "") > 400
+    ]

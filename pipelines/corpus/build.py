@@ -37,19 +37,19 @@ def read_options(cfg: CorpusConfig) -> ReadOptions:
 
 
 def _read_files(batch: dict, opts: ReadOptions):
-    for uris in batch["uris"]:
-        for uri in uris:
-            yield from read_file(str(uri), opts)
+    for group in batch["uris"]:
+        for uri, name in group:
+            yield from read_file(str(uri), opts, str(name))
 
 
-def file_groups(files: list[InputFile], groups: int) -> list[list[str]]:
-    """Files in `groups` read tasks of about equal bytes (largest first onto the lightest group):
-    a task per tiny file would cost more in scheduling than in reading."""
-    bins: list[tuple[int, list[str]]] = [(0, []) for _ in range(min(groups, len(files)))]
+def file_groups(files: list[InputFile], groups: int) -> list[list[tuple[str, str]]]:
+    """(uri, name) of the files in `groups` read tasks of about equal bytes (largest first onto
+    the lightest group): a task per tiny file would cost more in scheduling than in reading."""
+    bins: list[tuple[int, list]] = [(0, []) for _ in range(min(groups, len(files)))]
     for f in sorted(files, key=lambda f: -f.size):
         size, uris = min(bins, key=lambda b: b[0])
         bins.remove((size, uris))
-        bins.append((size + f.size, [*uris, f.uri]))
+        bins.append((size + f.size, [*uris, (f.uri, f.rel or f.uri)]))
     return [uris for _, uris in bins]
 
 

@@ -214,9 +214,10 @@ class _Batcher:
         return table
 
 
-def read_file(uri: str, opts: ReadOptions) -> Iterator[pa.Table]:
+def read_file(uri: str, opts: ReadOptions, name: str | None = None) -> Iterator[pa.Table]:
+    """The records of file `uri`; `name` (default: the URI) is what ids hash and rows call source."""
     fmt, compression = file_format(posixpath.basename(uri)) or ("text", None)
-    batch = _Batcher(uri, opts.batch_docs)
+    batch = _Batcher(name or uri, opts.batch_docs)
     reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text, "html": _html, "warc": _warc}[fmt]
     try:
         for _ in reader(uri, compression, opts, batch):

@@ -1,8 +1,10 @@
 """Row layouts shared by every corpus step, and the stable document id.
 
-A document id is 16 hex digits of a 63-bit hash of (input file URI, record key), where the record
+A document id is 16 hex digits of a 63-bit hash of (input file name, record key). The file name is
+its path below the inputs' root (pipelines/corpus/sources.py), also the rows' `source`; the record
 key is the record's own id field when it has one, else its position in the file. The same input
-always gives the same ids, so a rerun (or a run on another cluster) keeps the same documents, and
+files give the same ids wherever they lie (another directory, a bucket, another node), so a rerun
+or a run on another cluster keeps the same documents and byte-identical outputs, and
 "keep the smallest id" is a deterministic dedup rule. 63 bits keep the number a positive int64,
 so the hex order and the numeric order agree.
 """

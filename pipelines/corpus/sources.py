@@ -12,7 +12,7 @@ import fnmatch
 import glob
 import os
 import posixpath
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow.fs as pafs
 
@@ -40,6 +40,9 @@ class InputFile:
     uri: str  # a local absolute path or scheme://path, openable by every worker
     size: int
     mtime_ns: int | None
+    # The path below the inputs' root (see resolve): what document ids hash and rows name as
+    # `source`, so the same files give the same corpus wherever they lie.
+    rel: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +109,8 @@ def _expand(pattern: str) -> list[InputFile]:
 
 
 def resolve(patterns: list[str]) -> list[InputFile]:
-    """Every input file, sorted and without repeats; a UserError for a pattern that matches nothing."""
+    """Every input file, sorted and without repeats, with its name below the inputs' root; a
+    UserError for a pattern that matches nothing."""
     if not patterns:
         raise UserError(f"config key '{KEY}' is empty: give paths, globs or URIs of the raw corpus")
     files: dict[str, InputFile] = {}
@@ -116,7 +120,43 @@ def resolve(patterns: list[str]) -> list[InputFile]:
             raise UserError(f"config key '{KEY}': {pattern!r} matches no file")
         for f in matched:
             files.setdefault(f.uri, f)
-    return sorted(files.values(), key=lambda f: f.uri)
+    root = input_root(patterns)
+    return sorted((replace(f, rel=relative_name(f.uri, root)) for f in files.values()), key=lambda f: f.uri)
+
+
+def _base(pattern: str) -> str:
+    """The URI of the directory a pattern starts from: a glob's directory before its first
+    wildcard, a directory itself, a file's directory."""
+    fs, path = filesystem(pattern)
+    if any(ch in path for ch in "*?["):
+        base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+    elif fs.get_file_info(path).type == pafs.FileType.Directory:
+        base = path.rstrip("/")
+    else:
+        base = posixpath.dirname(path)
+    return _uri(fs, pattern, base)
+
+
+def input_root(patterns: list[str]) -> str | None:
+    """The deepest directory above every pattern's base (None when they share none: other
+    schemes or buckets). Input files are named below it, so two patterns with files of the same
+    name in different directories still name them apart."""
+    bases = [_base(p) for p in patterns]
+    schemes = {b.split("://", 1)[0] if "://" in b else "" for b in bases}
+    if len(schemes) != 1:
+        return None
+    scheme = schemes.pop()
+    paths = [b.split("://", 1)[1] if scheme else b for b in bases]
+    common = posixpath.commonpath(paths)  # "" for two buckets
+    if not common:
+        return None
+    return f"{scheme}://{common}" if scheme else common
+
+
+def relative_name(uri: str, root: str | None) -> str:
+    if root is None:
+        return uri
+    return posixpath.relpath(uri.split("?", 1)[0], root.split("?", 1)[0])
 
 
 def identity(patterns: list[str]) -> list:

@@ -41,7 +41,7 @@ def resolve_inputs(cfg: Config, ws: Workspace, log=print) -> list:
 
 def input_record(f, sha256: str) -> dict:
     """What a manifest records of an input file; a refresh trusts (uri, bytes, mtime_ns) unhashed."""
-    return {"uri": f.uri, "bytes": f.size, "mtime_ns": f.mtime_ns, "sha256": sha256}
+    return {"uri": f.uri, "source": f.rel, "bytes": f.size, "mtime_ns": f.mtime_ns, "sha256": sha256}
 
 
 def run(ctx: StageContext) -> dict:
