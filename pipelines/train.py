@@ -20,6 +20,7 @@ from gpt2core.tokenizer import SPM_FILE
 from pipelines.cache import DirRef
 from pipelines.config import Config, LoopConfig
 from pipelines.errors import UserError
+from pipelines.hashing import sha256_path
 from pipelines.manifest import manifest_digest, read_manifest
 from pipelines.train_launch import run_name
 from pipelines.workflow import Stage, StageContext
@@ -87,7 +88,11 @@ def resolve_shards(ctx: StageContext) -> ShardsData:
     ref = DirRef.of(shards_ws, shards_rel, manifest, with_manifest=True)
     info = manifest["tokenizer"]
     tokenizer_ref = DirRef.of(tokenizer_ws, "")
-    if tokenizer_ref.files.get(SPM_FILE) != info["sha256"]:
+    recorded = tokenizer_ref.files.get(SPM_FILE)
+    if tokenizer_ws.is_local and recorded:  # a local file can be read now; a remote one when fetched
+        spm = Path(tokenizer_ws.path(SPM_FILE))
+        recorded = sha256_path(spm) if spm.is_file() else None
+    if recorded != info["sha256"]:
         raise UserError(f"shards {ref.uri}: their tokenizer {tokenizer_ref.uri} is missing or does not match")
     _check_shards_complete(shards_ws, shards_rel, info)
     return ShardsData(ref, manifest, tokenizer_ref, info["sha256"], info["vocab_size"])

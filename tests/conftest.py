@@ -100,7 +100,7 @@ def start_session_ray():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_server):
     """One local Ray for the whole session (startup costs seconds on 2 cores)."""
     ray = start_session_ray()
     yield ray
@@ -246,7 +246,7 @@ def s3_server(tmp_path_factory):
         start_new_session=True,
     )
     endpoint = os.environ["AWS_ENDPOINT_URL"]
-    wait_http(f"{endpoint}/moto-api/", proc=proc)
+    wait_http(f"{endpoint}/moto-api/", timeout=300, proc=proc)
     yield endpoint
     stop_process_group(proc)
     log.close()
