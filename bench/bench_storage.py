@@ -43,22 +43,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def start_s3(work: Path) -> tuple[subprocess.Popen, str]:
-    from conftest import free_port, wait_http
+    from s3_server import start_s3_server
 
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    proc, endpoint = start_s3_server(work / "s3.log")
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL=endpoint, PIPELINES_CACHE_DIR=str(work / "cache"),
     )  # fmt: skip
-    log = open(work / "s3.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    wait_http(f"{endpoint}/moto-api/", proc=proc)
     import boto3
 
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)

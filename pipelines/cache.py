@@ -20,12 +20,13 @@ import fcntl
 import hashlib
 import json
 import os
-import posixpath
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.hashing import sha256_path
+from pipelines.hashing import CHUNK, sha256_path
+from pipelines.workspace import Workspace, uri_basename, write_atomically
 
 CACHE_ENV = "PIPELINES_CACHE_DIR"
 MANIFEST = "manifest.json"
@@ -69,8 +70,6 @@ class DirRef:
         return cls(ws.full_uri(rel), files, manifest if with_manifest else None)
 
     def local(self) -> Path:
-        from pipelines.workspace import Workspace
-
         ws = Workspace(self.uri)
         if ws.is_local:
             return Path(ws.root)
@@ -80,7 +79,8 @@ class DirRef:
         for name, sha256 in self.files.items():
             fetch(ws, name, target / name, sha256)
         if self.manifest is not None and not (target / MANIFEST).is_file():
-            _write_atomically(target / MANIFEST, json.dumps(self.manifest).encode())
+            data = json.dumps(self.manifest).encode()
+            write_atomically(target / MANIFEST, lambda f: f.write(data))
         return target
 
 
@@ -97,22 +97,20 @@ def fetch(ws, rel: str, dst: Path, sha256: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; the others wait and reuse it
         if _matches(dst, sha256):
             return dst
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, ws.fs.open_input_stream(ws.path(rel)) as src:
-                while block := src.read(1 << 22):
+        digest = hashlib.sha256()
+
+        def download(out) -> None:
+            with ws.fs.open_input_stream(ws.path(rel)) as src:
+                while block := src.read(CHUNK):
                     digest.update(block)
                     out.write(block)
-            if digest.hexdigest() != sha256:
+            if digest.hexdigest() != sha256:  # raised before the rename: the bad copy is removed
                 raise OSError(
                     f"{ws.full_uri(rel)}: sha256 {digest.hexdigest()[:12]}... does not match the "
                     f"manifest's {sha256[:12]}... (changed or damaged in the workspace)"
                 )
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        write_atomically(dst, download)
         _remember(dst)
     return dst
 
@@ -135,25 +133,15 @@ def _remember(path: Path) -> None:
     _verified[str(path)] = (stat.st_size, stat.st_mtime_ns)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def local_file(uri: str, sha256: str | None = None) -> Path:
     """A local copy of one file named by a URI (a local path is itself)."""
     from pipelines.manifest import sha256_file
-    from pipelines.workspace import Workspace
 
-    directory, name = posixpath.split(uri.split("?", 1)[0])
-    query = uri.split("?", 1)[1] if "?" in uri else ""
-    ws = Workspace(directory + (f"?{query}" if query else ""))
+    ws = Workspace(uri)  # the file itself is the "workspace": its path is ws.path("")
     if ws.is_local:
-        return Path(ws.path(name))
-    sha256 = sha256 or sha256_file(ws, name)
-    return fetch(ws, name, cache_root() / "files" / sha256[:24] / name, sha256)
+        return Path(ws.root)
+    sha256 = sha256 or sha256_file(ws, "")
+    return fetch(ws, "", cache_root() / "files" / sha256[:24] / uri_basename(uri), sha256)
 
 
 def staging_dir(prefix: str) -> str:
@@ -162,3 +150,14 @@ def staging_dir(prefix: str) -> str:
     root = cache_root() / "staging"
     root.mkdir(parents=True, exist_ok=True)
     return tempfile.mkdtemp(prefix=prefix, dir=root)
+
+
+def discard_staging(path: str | Path | None) -> None:
+    """Remove the staging_dir holding `path` once its files are in storage; anything else (a
+    user's own model directory, the node cache) is left alone."""
+    if path is None:
+        return
+    root = (cache_root() / "staging").resolve()
+    path = Path(path).resolve()
+    if path.is_relative_to(root) and path != root:
+        shutil.rmtree(root / path.relative_to(root).parts[0], ignore_errors=True)

@@ -11,7 +11,6 @@ digest). The champion gate is pretraining's, evaluated on the fine-tuning val se
 from __future__ import annotations
 
 import hashlib
-import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from pipelines.errors import UserError
 from pipelines.hashing import sha256_path
 from pipelines.train_launch import run_name
 from pipelines.workflow import Stage, StageContext
-from pipelines.workspace import Workspace
+from pipelines.workspace import Workspace, uri_basename
 
 DEMO_PAIRS = "demo:corpus-pairs"  # finetune.data: pairs made from the pipeline's corpus
 DATA_DIR = "data"  # in checkpoints/<run>/: the tokenized rows and the val pairs
@@ -62,7 +61,7 @@ def _sources_identity(cfg: Config, ws: Workspace) -> Any:
         config = Path(f.init_from).expanduser() / "config.json"
         weights = list(config.parent.glob("*.safetensors")) + list(config.parent.glob("*.bin"))
         stat = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(weights)]
-        init = {"config": _sha256(config) if config.is_file() else None, "weights": stat}
+        init = {"config": sha256_path(config) if config.is_file() else None, "weights": stat}
     shards = explicit_shards_identity(cfg, ws) if f.data is None else None
     return {"data": data, "init": init, "shards": shards}
 
@@ -72,11 +71,7 @@ def file_identity(path_text: str | None, builtin: str) -> str | None:
     if not path_text or path_text == builtin:
         return None
     path = Path(path_text).expanduser()
-    return _sha256(path) if path.is_file() else f"missing:{path_text}"
-
-
-def _sha256(path: Path) -> str:
-    return sha256_path(path)
+    return sha256_path(path) if path.is_file() else f"missing:{path_text}"
 
 
 # --- the initial model ---------------------------------------------------------------------------
@@ -168,7 +163,7 @@ class Prepared:
 def prepare_data(ctx: StageContext, init: InitModel) -> Prepared:
     from gpt2core.tokenizer import load_tokenizer
     from pipelines import finetune_data
-    from pipelines.cache import staging_dir
+    from pipelines.cache import discard_staging, staging_dir
     from pipelines.finetune_task import FinetuneTask, PairsGate
     from pipelines.registry import gate_resources
     from pipelines.train_launch import run_rel
@@ -203,7 +198,9 @@ def prepare_data(ctx: StageContext, init: InitModel) -> Prepared:
     gate = PairsGate(data, **gate_resources(loop))
     info["data_dir"], info["data_files"] = data_rel, data.files
     named = data.uri if loop.data == DEMO_PAIRS else str(source)  # not the driver's staging copy
-    return Prepared(task, gate, gpt, info, named, _sha256(source))
+    digest = sha256_path(source)
+    discard_staging(work)  # the rows are in the workspace now
+    return Prepared(task, gate, gpt, info, named, digest)
 
 
 def _data_file(ctx: StageContext, work: Path) -> Path:
@@ -255,7 +252,7 @@ def data_dataset(prepared: Prepared) -> tuple:
     from pipelines import tracking
 
     source = tracking.dataset_source(prepared.source)
-    name = f"finetune/{posixpath.basename(prepared.source.split('?')[0].rstrip('/'))}"
+    name = f"finetune/{uri_basename(prepared.source)}"
     dataset = MetaDataset(source=source, name=name, digest=prepared.digest[:16])
     splits = prepared.info["splits"]
     tags = {
@@ -268,6 +265,7 @@ def data_dataset(prepared: Prepared) -> tuple:
 # --- the stage -----------------------------------------------------------------------------------
 def run_finetune(ctx: StageContext) -> dict[str, Any]:
     from gpt2core.lora import LoraConfig
+    from pipelines.cache import discard_staging
     from pipelines.train_launch import prepare, publish, train
 
     loop = ctx.cfg.finetune
@@ -290,6 +288,7 @@ def run_finetune(ctx: StageContext) -> dict[str, Any]:
         lora=lora,
         early_stop_patience=loop.early_stop_patience,
     )
+    discard_staging(init.dir)  # a download or an import: the workers read the workspace copy
     summary, checkpoint = train(launch, ctx.log)
     lineage = {
         **init.lineage,

@@ -24,7 +24,7 @@ from pipelines.hashing import sha256_path
 from pipelines.manifest import manifest_digest, read_manifest
 from pipelines.train_launch import run_name
 from pipelines.workflow import Stage, StageContext
-from pipelines.workspace import Workspace
+from pipelines.workspace import Workspace, uri_basename
 
 
 def pretrain_stage() -> Stage:
@@ -94,7 +94,7 @@ def resolve_shards(ctx: StageContext) -> ShardsData:
         recorded = sha256_path(spm) if spm.is_file() else None
     if recorded != info["sha256"]:
         raise UserError(f"shards {ref.uri}: their tokenizer {tokenizer_ref.uri} is missing or does not match")
-    _check_shards_complete(shards_ws, shards_rel, info)
+    _check_shards_complete(shards_ws, shards_rel, manifest)
     return ShardsData(ref, manifest, tokenizer_ref, info["sha256"], info["vocab_size"])
 
 
@@ -105,12 +105,13 @@ def _strip_suffix(path: str, suffix: str) -> str:
     return path.rstrip("/")[: -len(suffix)]
 
 
-def _check_shards_complete(ws: Workspace, rel: str, tokenizer: dict) -> None:
+def _check_shards_complete(ws: Workspace, rel: str, manifest: dict) -> None:
     """Every file of both splits is present with its recorded size; on a local workspace also
     its checksum (read once, here). Object-store files are verified by the node cache instead,
     as each node fetches them, so the driver never downloads the shards."""
     from gpt2core.data import TokenShards
 
+    tokenizer = manifest["tokenizer"]
     if ws.is_local:
         for split in ("train", "val"):
             try:
@@ -120,7 +121,7 @@ def _check_shards_complete(ws: Workspace, rel: str, tokenizer: dict) -> None:
             except (ValueError, OSError) as exc:
                 raise UserError(f"shards {ws.full_uri(rel)} are incomplete or damaged: {exc}") from None
         return
-    files = read_manifest(ws, rel)["files"]
+    files = manifest["files"]
     infos = ws.fs.get_file_info([ws.path(posixpath.join(rel, name)) for name in files])
     for (name, entry), info in zip(files.items(), infos):
         if info.size != entry["bytes"]:
@@ -211,6 +212,7 @@ def stage_init(ctx: StageContext, loop: LoopConfig, init_dir: Path | None) -> Di
 
 # --- the stage -----------------------------------------------------------------------------------
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
+    from pipelines.cache import discard_staging
     from pipelines.registry import GateData, gate_resources
     from pipelines.train_launch import prepare, publish, train
     from pipelines.train_task import PretrainTask
@@ -221,7 +223,9 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     gpt = resolve_model(ctx.cfg, shards.vocab_size, shards.tokenizer_sha256, init_dir)
     check_windows(shards, gpt["block_size"], loop, "train")
     task = PretrainTask(shards.ref, shards.tokenizer, shards.tokenizer_sha256, shards.vocab_size)
-    launch = prepare(ctx, loop, "train", task, gpt, stage_init(ctx, loop, init_dir), shards_dataset(shards))
+    init_model = stage_init(ctx, loop, init_dir)
+    discard_staging(init_dir)  # a registry download: the workspace copy is the one the workers use
+    launch = prepare(ctx, loop, "train", task, gpt, init_model, shards_dataset(shards))
     summary, checkpoint = train(launch, ctx.log)
     gate = GateData(shards.ref, shards.tokenizer, **gate_resources(loop))
     result = publish(ctx, launch, summary, checkpoint, gate)
@@ -238,7 +242,7 @@ def shards_dataset(shards: ShardsData) -> tuple:
     source = tracking.dataset_source(shards.dir)
     dataset = MetaDataset(
         source=source,
-        name=f"shards/{posixpath.basename(shards.dir.split('?')[0].rstrip('/'))}",
+        name=f"shards/{uri_basename(shards.dir)}",
         digest=manifest_digest(shards.manifest)[:16],
         schema=Schema([ColSpec("long", "tokens")]),
     )

@@ -11,8 +11,9 @@ import os
 import posixpath
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow.fs as pafs
 
@@ -99,15 +100,8 @@ class Workspace:
         one atomic PUT or multipart completion on object stores)."""
         self.makedirs(posixpath.dirname(rel))
         if self.is_local:
-            target = Path(self.path(rel))
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                shutil.copyfile(local, tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with open(local, "rb") as src:
+                write_atomically(Path(self.path(rel)), lambda f: shutil.copyfileobj(src, f))
             return
         pafs.copy_files(str(local), self.path(rel), destination_filesystem=self.fs)
 
@@ -166,23 +160,33 @@ class Workspace:
             with self.fs.open_output_stream(self.path(rel)) as f:
                 f.write(data)
             return
-        target = Path(self.path(rel))
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(Path(self.path(rel)), lambda f: f.write(data))
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_atomically(target: Path, fill: Callable[[BinaryIO], Any]) -> None:
+    """A local file that no reader ever sees part of: `fill` writes a temp file beside it, which is
+    fsynced and renamed into place (and removed if anything fails)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def uri_basename(uri: str) -> str:
+    """The last name of a path or URI, without URI options."""
+    return posixpath.basename(uri.split("?", 1)[0].rstrip("/"))
 
 
 def _first_line(exc: BaseException) -> str:

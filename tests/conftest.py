@@ -25,17 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The S3-compatible server of the tests (moto's standalone server, `s3_server` starts it) and the
-# node-local cache, set before any Ray starts so that every worker inherits them. `{node}` gives
-# each Ray node its own cache directory: a hidden dependence on one node's files fails.
-S3_PORT = free_port()
+# Credentials for the tests' S3 server and the node-local cache, set before any Ray starts so that
+# every worker inherits them (`s3_server` adds AWS_ENDPOINT_URL, before the session's Ray starts).
+# `{node}` gives each Ray node its own cache directory: a hidden dependence on one node's files
+# fails. Loopback never goes through a proxy a machine may have set.
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing",
     AWS_SECRET_ACCESS_KEY="testing",
     AWS_DEFAULT_REGION="us-east-1",
-    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
     PIPELINES_CACHE_DIR=os.path.join(tempfile.mkdtemp(prefix="pipelines-cache-"), "{node}"),
+    NO_PROXY=",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"])),
 )
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None, headers=None) -> None:
@@ -44,9 +45,7 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = 
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(
-                urllib.request.Request(url, headers=headers or {}), timeout=2
-            ) as resp:
+            with _LOOPBACK.open(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -238,18 +237,12 @@ def prepared_workspace(ray_session, tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 API server (moto) on 127.0.0.1, reached through AWS_ENDPOINT_URL."""
-    log = open(tmp_path_factory.mktemp("s3-server") / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
-    wait_http(f"{endpoint}/moto-api/", timeout=300, proc=proc)
+    from s3_server import start_s3_server
+
+    proc, endpoint = start_s3_server(tmp_path_factory.mktemp("s3-server") / "server.log")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
     yield endpoint
     stop_process_group(proc)
-    log.close()
 
 
 @pytest.fixture
