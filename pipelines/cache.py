@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.errors import UserError
 from pipelines.hashing import CHUNK, sha256_path
 from pipelines.workspace import Workspace, uri_basename, write_atomically
 
@@ -100,7 +101,7 @@ def fetch(ws, rel: str, dst: Path, sha256: str) -> Path:
         digest = hashlib.sha256()
 
         def download(out) -> None:
-            with ws.fs.open_input_stream(ws.path(rel)) as src:
+            with ws.fs.open_input_stream(ws.path(rel), compression=None) as src:
                 while block := src.read(CHUNK):
                     digest.update(block)
                     out.write(block)
@@ -142,6 +143,48 @@ def local_file(uri: str, sha256: str | None = None) -> Path:
         return Path(ws.root)
     sha256 = sha256 or sha256_file(ws, "")
     return fetch(ws, "", cache_root() / "files" / sha256[:24] / uri_basename(uri), sha256)
+
+
+def is_uri(text: str) -> bool:
+    """A pyarrow filesystem URI (s3://, gs://, ...), as opposed to a local path or file://."""
+    return "://" in text and not text.startswith("file://")
+
+
+def user_file(text: str, key: str) -> Path:
+    """A local copy of the file a config key names: a local path, or any pyarrow URI (fetched
+    once into this node's cache). A file that is not there is a UserError naming the key."""
+    if not is_uri(text):
+        path = Path(text.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise UserError(f"config key '{key}': {path} is not a file")
+        return path
+    if remote_sha256(text, key) is None:
+        raise UserError(f"config key '{key}': {text.split('?', 1)[0]!r} is not a file")
+    return local_file(text)
+
+
+def remote_sha256(uri: str, key: str) -> str | None:
+    """The sha256 of the file at `uri` (streamed); None when there is no such file."""
+    import pyarrow.fs as pafs
+
+    from pipelines.manifest import sha256_file
+
+    ws = Workspace(uri, key=key)
+    ws.check_reachable()
+    if ws.fs.get_file_info(ws.root).type != pafs.FileType.File:
+        return None
+    return sha256_file(ws, "")
+
+
+def file_identity(text: str | None, builtin: str, key: str) -> str | None:
+    """The sha256 of a file named by a config key, local or a URI (None when unset or the built-in
+    demo source; "missing:..." when it is not there, so the stage runs and reports it)."""
+    if not text or text == builtin:
+        return None
+    if is_uri(text):
+        return remote_sha256(text, key) or f"missing:{text}"
+    path = Path(text.removeprefix("file://")).expanduser()
+    return sha256_path(path) if path.is_file() else f"missing:{text}"
 
 
 def staging_dir(prefix: str) -> str:

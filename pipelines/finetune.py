@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.cache import DirRef
+from pipelines.cache import DirRef, file_identity, user_file
 from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.hashing import sha256_path
@@ -55,7 +55,7 @@ def _sources_identity(cfg: Config, ws: Workspace) -> Any:
     from pipelines.train import explicit_shards_identity
 
     f = cfg.finetune
-    data = file_identity(f.data, DEMO_PAIRS)
+    data = file_identity(f.data, DEMO_PAIRS, "finetune.data")
     init = None
     if f.init_from and ":/" not in f.init_from:
         config = Path(f.init_from).expanduser() / "config.json"
@@ -64,14 +64,6 @@ def _sources_identity(cfg: Config, ws: Workspace) -> Any:
         init = {"config": sha256_path(config) if config.is_file() else None, "weights": stat}
     shards = explicit_shards_identity(cfg, ws) if f.data is None else None
     return {"data": data, "init": init, "shards": shards}
-
-
-def file_identity(path_text: str | None, builtin: str) -> str | None:
-    """The sha256 of a file named by a config key (None when unset or the built-in demo source)."""
-    if not path_text or path_text == builtin:
-        return None
-    path = Path(path_text).expanduser()
-    return sha256_path(path) if path.is_file() else f"missing:{path_text}"
 
 
 # --- the initial model ---------------------------------------------------------------------------
@@ -197,7 +189,7 @@ def prepare_data(ctx: StageContext, init: InitModel) -> Prepared:
     )
     gate = PairsGate(data, **gate_resources(loop))
     info["data_dir"], info["data_files"] = data_rel, data.files
-    named = data.uri if loop.data == DEMO_PAIRS else str(source)  # not the driver's staging copy
+    named = data.uri if loop.data == DEMO_PAIRS else loop.data  # not the driver's local copy
     digest = sha256_path(source)
     discard_staging(work)  # the rows are in the workspace now
     return Prepared(task, gate, gpt, info, named, digest)
@@ -207,10 +199,7 @@ def _data_file(ctx: StageContext, work: Path) -> Path:
     """finetune.data as a local file; demo:corpus-pairs is written from the corpus first."""
     loop = ctx.cfg.finetune
     if loop.data != DEMO_PAIRS:
-        path = Path(loop.data).expanduser()
-        if not path.is_file():
-            raise UserError(f"config key 'finetune.data': {path} is not a file")
-        return path
+        return user_file(loop.data, "finetune.data")
     import pyarrow.parquet as pq
 
     from pipelines import finetune_data

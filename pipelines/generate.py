@@ -52,9 +52,9 @@ def generate_inputs(cfg: Config) -> tuple[str, ...]:
 
 
 def _identity(cfg: Config, ws: Workspace) -> Any:
-    from pipelines.finetune import file_identity
+    from pipelines.cache import file_identity
 
-    prompts = file_identity(cfg.generate.prompts, DEMO_PROMPTS)
+    prompts = file_identity(cfg.generate.prompts, DEMO_PROMPTS, "generate.prompts")
     return {"prompts": prompts, "registered_model": cfg.mlflow.registered_model}
 
 
@@ -117,7 +117,9 @@ def prompts_path(ctx: StageContext) -> Path:
         return local_file(ctx.ws.full_uri(f"{data['data_dir']}/{VAL_PAIRS}"), data["data_files"][VAL_PAIRS])
     if not g.prompts:
         raise UserError("config key 'generate.prompts': not set (a JSONL, Parquet or text file of prompts)")
-    return Path(g.prompts).expanduser()
+    from pipelines.cache import user_file
+
+    return user_file(g.prompts, "generate.prompts")
 
 
 def chunks(ids: list[str], prompts: list[str], size: int) -> list[dict]:

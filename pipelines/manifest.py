@@ -38,7 +38,7 @@ def library_versions() -> dict[str, str]:
 
 
 def sha256_file(ws: Workspace, rel: str) -> str:
-    with ws.fs.open_input_stream(ws.path(rel)) as f:
+    with ws.fs.open_input_stream(ws.path(rel), compression=None) as f:
         return sha256_stream(f)
 
 

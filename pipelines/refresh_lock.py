@@ -1,7 +1,7 @@
 """One refresh at a time per workspace: a lock file that names its owner (host, pid, started).
 
-The file is created exclusively (O_EXCL on a local or mounted workspace; on object stores, which
-pyarrow gives no exclusive create, it is written and read back: best effort). While it holds the
+The file is created exclusively (O_EXCL on a local or mounted workspace, a conditional PUT on S3;
+see Workspace.create_exclusive for other object stores). While it holds the
 lock, the owner rewrites the file's heartbeat every few seconds, so a refresh that runs for hours
 never looks stale. A lock is stale, and taken over with a warning, when its owner is a process that
 no longer runs on this host, or its heartbeat is older than `refresh.lock_stale_seconds` (an owner
@@ -139,28 +139,16 @@ class WorkspaceLock:
         return (json.dumps(asdict(owner), indent=2) + "\n").encode()
 
     def _create(self, owner: Owner) -> bool:
-        if self.ws.is_local:
-            try:
-                fd = os.open(self.ws.path(self.rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._encode(owner))
-                f.flush()
-                os.fsync(f.fileno())
-            return True
-        if self.ws.exists(self.rel):
-            return False
-        self.ws.write_bytes(self.rel, self._encode(owner))
-        current = self.read()
-        return current is not None and current.token == owner.token
+        return self.ws.create_exclusive(self.rel, self._encode(owner))
 
     def _remove(self, stale: Owner) -> None:
         """Remove the lock if it is still `stale`'s. Locally the file is first renamed aside (atomic),
         so of two refreshes taking over the same stale lock, only one removes it."""
         path = self.ws.path(self.rel)
-        if not self.ws.is_local:
-            self.ws.fs.delete_file(path)
+        if not self.ws.is_local:  # no atomic rename: a narrow race between the read and the delete
+            current = self.read()
+            if current is not None and current.token == stale.token:
+                self.ws.fs.delete_file(path)
             return
         aside = f"{path}.{uuid.uuid4().hex}.stale"
         try:

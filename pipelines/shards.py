@@ -290,7 +290,9 @@ class SplitWriter:
             import pyarrow as pa
 
             self._name = f"{self.split}-{self.first_index + len(self.written):05d}.arrow"
-            self._sink = self.ws.fs.open_output_stream(self.ws.path(posixpath.join(self.out, self._name)))
+            self._sink = self.ws.fs.open_output_stream(
+                self.ws.path(posixpath.join(self.out, self._name)), compression=None
+            )
             self._writer = pa.ipc.new_file(
                 self._sink, self.schema, options=pa.ipc.IpcWriteOptions(compression=None)
             )

@@ -275,7 +275,7 @@ def collect(checkpoint: Any, out_dir: Path) -> dict[str, Any]:
         raise RuntimeError(f"checkpoint {root} holds no consolidated model ({MODEL_DIR}/)")
     out_dir.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(f"{root}/{MODEL_DIR}", str(out_dir), source_filesystem=fs)
-    with fs.open_input_stream(f"{root}/{rank_state_rel(0)}") as f:
+    with fs.open_input_stream(f"{root}/{rank_state_rel(0)}", compression=None) as f:
         return json.loads(f.read())
 
 

@@ -147,7 +147,7 @@ class Workspace:
         self.fs.move(self.path(src), self.path(dst))
 
     def read_bytes(self, rel: str) -> bytes:
-        with self.fs.open_input_stream(self.path(rel)) as f:
+        with self.fs.open_input_stream(self.path(rel), compression=None) as f:
             return f.read()
 
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -157,10 +157,52 @@ class Workspace:
         """
         self.makedirs(posixpath.dirname(rel))
         if not self.is_local:
-            with self.fs.open_output_stream(self.path(rel)) as f:
+            with self.fs.open_output_stream(self.path(rel), compression=None) as f:
                 f.write(data)
             return
         write_atomically(Path(self.path(rel)), lambda f: f.write(data))
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` holding `data` unless it exists; True when this call created it. Exclusive
+        against any number of racing writers: O_EXCL locally, a conditional PUT (If-None-Match: *)
+        on S3. Other object stores have no exclusive create in pyarrow: there the file is written
+        when absent and read back, so the last of two racing writers wins (best effort)."""
+        self.makedirs(posixpath.dirname(rel))
+        if self.is_local:
+            try:
+                fd = os.open(self.path(rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        if self.uri.startswith("s3://"):
+            return self._s3_put_if_absent(rel, data)
+        if self.exists(rel):
+            return False
+        self.write_bytes(rel, data)
+        return self.read_bytes(rel) == data
+
+    def _s3_put_if_absent(self, rel: str, data: bytes) -> bool:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        options = dict(item.split("=", 1) for item in self.query.split("&") if "=" in item)
+        endpoint = options.get("endpoint_override")
+        if endpoint and "://" not in endpoint:
+            endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name=options.get("region"))
+        bucket, key = self.path(rel).split("/", 1)
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412):  # it exists, or a racing PUT of it is under way
+                return False
+            raise
+        return True
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))

@@ -177,3 +177,43 @@ def make_model_dir(
     save_model(model, path)
     load_tokenizer(tokenizer_dir).save_to(path)
     return path
+
+
+TWO_NODES = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+
+from pipelines.config import load_config
+from pipelines.train import pretrain_stage
+from pipelines.workflow import Runner
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+try:
+    print("NODES", len([n for n in ray.nodes() if n["Alive"]]), flush=True)
+    runner = Runner(load_config("configs/demo.yaml", json.loads(sys.argv[1])), [pretrain_stage()])
+    runner.run()
+    print("MANIFEST", json.dumps(runner.published("pretrain").manifest), flush=True)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def pretrain_on_two_nodes(overrides: list[str], env: dict | None = None):
+    """The pretrain stage of configs/demo.yaml + `overrides` on a fresh 2-node
+    ray.cluster_utils.Cluster, 1 CPU per node (so one training worker per node), in a subprocess so
+    the session's Ray keeps running. Returns (the published manifest, the finished process)."""
+    import json
+    import os
+    import sys
+
+    proc = run_in_repo(
+        [sys.executable, "-c", TWO_NODES, json.dumps(list(overrides))], env={**os.environ, **(env or {})}
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "NODES 2" in proc.stdout
+    [manifest] = [json.loads(line[9:]) for line in proc.stdout.splitlines() if line.startswith("MANIFEST ")]
+    return manifest, proc

@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 
-def start_s3_server(log_path: Path, timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
-    """Start the server; return the process (its own session) and its endpoint URL once it serves."""
+def start_s3_server(
+    log_path: Path, timeout: float = 300.0, env: dict | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start the server; return the process (its own session) and its endpoint URL once it serves.
+    `env`: more environment for moto (INITIAL_NO_AUTH_ACTION_COUNT makes it check credentials)."""
     from conftest import wait_http
 
     log = open(log_path, "w")
@@ -27,6 +30,7 @@ def start_s3_server(log_path: Path, timeout: float = 300.0) -> tuple[subprocess.
         stderr=log,
         text=True,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     log.close()
     try:

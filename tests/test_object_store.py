@@ -3,13 +3,15 @@
 The whole chain (corpus, tokenizer, shards, pretrain, finetune, generate) runs once with a local
 workspace and once with `workspace=s3://<bucket>/ws`, over the same JSONL dump (in a local
 directory, and in the bucket): the same kept documents, the same shard files, the same final
-weights. Then a pretraining run on the bucket's shards whose worker is killed mid-run resumes from
-the uploaded checkpoint and ends on the clean run's weights. The node cache and the one-line
+weights. Then a pretraining run on the bucket's shards, on a 2-node cluster whose nodes keep their own
+caches, whose worker is killed mid-run, resumes from the uploaded checkpoint and ends on the clean
+run's weights. The node cache and the one-line
 errors for an unusable workspace are checked on their own.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -19,10 +21,10 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from prepared_workspace import OVERRIDES, docstring_documents, run_in_repo
+from prepared_workspace import OVERRIDES, docstring_documents, pretrain_on_two_nodes, run_in_repo
 from safetensors.torch import load
 
-from pipelines import cache
+from pipelines import cache, finetune_data
 from pipelines.config import load_config
 from pipelines.stages import pipeline_stages
 from pipelines.train import pretrain_stage
@@ -45,15 +47,19 @@ CHAIN = (
 )
 
 
+PROMPTS = 12  # generation prompts in the bucket
+
+
 def dump_lines() -> list[str]:
     return [json.dumps({"id": name, "text": text}) for name, text in docstring_documents()]
 
 
-def run_chain(workspace: str, inputs: str, server: str, tag: str, stages: list[str] | None = None):
+def run_chain(workspace: str, inputs: str, server: str, tag: str, stages=None, more=()):
     cfg = load_config(
         "configs/demo.yaml",
         [
             *CHAIN,
+            *more,
             f"workspace={workspace}",
             f"corpus.inputs=[{inputs!r}]",
             f"mlflow.tracking_uri={server}",
@@ -104,7 +110,16 @@ def chains(ray_module, mlflow_server, s3_server, tmp_path_factory):
         "local",
         ["corpus", "tokenizer", "shards", "pretrain"],
     )
-    remote = run_chain(f"s3://{bucket}/ws", f"s3://{bucket}/raw/*.jsonl", mlflow_server, "s3")
+    # The bucket side's fine-tuning pairs and generation prompts are files in the bucket too.
+    pairs = finetune_data.demo_pairs([text for _, text in docstring_documents()], 200)
+    s3.write_bytes("tasks/pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs).encode())
+    prompts = [{"id": f"p{i}", "prompt": p["prompt"]} for i, p in enumerate(pairs[:PROMPTS])]
+    s3.write_bytes("tasks/prompts.jsonl", "".join(json.dumps(p) + "\n" for p in prompts).encode())
+    more = [
+        f"finetune.data=s3://{bucket}/tasks/pairs.jsonl",
+        f"generate.prompts=s3://{bucket}/tasks/prompts.jsonl",
+    ]
+    remote = run_chain(f"s3://{bucket}/ws", f"s3://{bucket}/raw/*.jsonl", mlflow_server, "s3", more=more)
     return local, remote
 
 
@@ -114,6 +129,9 @@ def test_the_chain_on_s3_equals_the_local_chain(chains):
     for stage in ("corpus", "tokenizer", "shards", "pretrain", "finetune", "generate"):
         assert remote.published(stage) is not None, stage
     assert kept_ids(remote) == kept_ids(local)
+    corpus = files_sha256(local, "corpus")
+    assert any(n.startswith("data/") for n in corpus) and any(n.startswith("rejects/") for n in corpus)
+    assert files_sha256(remote, "corpus") == corpus  # the corpus rows, byte for byte
     assert files_sha256(remote, "shards") == files_sha256(local, "shards")
     splits = {s: v["tokens"] for s, v in remote.published("shards").manifest["splits"].items()}
     assert splits == {s: v["tokens"] for s, v in local.published("shards").manifest["splits"].items()}
@@ -125,34 +143,38 @@ def test_the_chain_on_s3_equals_the_local_chain(chains):
     pretrain = remote.published("pretrain").manifest
     assert remote.ws.exists(f"{pretrain['checkpoints']}/checkpoint_manager_snapshot.json")
     generated = remote.published("generate").manifest
-    assert generated["rows"] > 0 and generated["model_version"] != "none"
+    assert generated["rows"] == PROMPTS and generated["model_version"] != "none"
 
 
-def test_a_killed_worker_on_s3_resumes_from_the_uploaded_checkpoint(chains, mlflow_server):
+def test_a_killed_worker_on_two_nodes_resumes_from_the_uploaded_checkpoint(chains, mlflow_server, tmp_path):
+    """On a 2-node cluster whose nodes have their own caches and share only the bucket: rank 1 exits
+    after step 7, Ray Train restarts both workers from the checkpoint it uploaded at step 5, and the
+    run ends on the clean (one-node) run's weights."""
     local, remote = chains
-    shards = remote.ws.full_uri(remote.output("shards"))
     args = [
         *OVERRIDES,
         f"workspace={remote.ws.full_uri('faulty')}",
-        f"train.shards={shards}",
+        f"train.shards={remote.ws.full_uri(remote.output('shards'))}",
         f"mlflow.tracking_uri={mlflow_server}",
         "mlflow.experiment=object-store-faulty",
         "mlflow.registered_model=object-store-faulty",
         "train.max_failures=1",
     ]
-    cmd = ["python", "jobs/pretrain.py", "--config", "configs/demo.yaml"]
-    for item in args:
-        cmd += ["--set", item]
-    cmd[0] = sys.executable
-    proc = run_in_repo(cmd, env={**os.environ, FAULT_ENV: "7"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    caches = tmp_path / "caches"
+    manifest, proc = pretrain_on_two_nodes(args, env={FAULT_ENV: "7", cache.CACHE_ENV: f"{caches}/{{node}}"})
     assert "rank 1 exits after step 7" in proc.stdout + proc.stderr
-    runner = Runner(load_config("configs/demo.yaml", args), [pretrain_stage()], log=lambda line: None)
-    manifest = runner.published("pretrain").manifest
     assert manifest["steps"] == 20
+    runner = Runner(load_config("configs/demo.yaml", args), [pretrain_stage()], log=lambda line: None)
     a, b = weights(remote), weights(runner)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+    # one rank per node, each reading the shards from its own node's cache
+    final = max(d for d in runner.ws.list_files(manifest["checkpoints"]) if d.endswith("rank-00001.json"))
+    ranks = [f"{final.rsplit('/', 1)[0]}/rank-{r:05d}.json" for r in (0, 1)]
+    nodes = {runner.ws.read_json(f"{manifest['checkpoints']}/{rank}")["node_id"] for rank in ranks}
+    assert len(nodes) == 2
+    node_caches = [d for d in caches.iterdir() if d.is_dir()]
+    assert len(node_caches) == 2 and all(list(d.rglob("*.arrow")) for d in node_caches), node_caches
 
 
 def test_the_node_cache_refetches_a_file_that_no_longer_matches(s3_bucket, monkeypatch, tmp_path):
@@ -171,6 +193,38 @@ def test_the_node_cache_refetches_a_file_that_no_longer_matches(s3_bucket, monke
     with pytest.raises(OSError, match="sha256 .* does not match"):
         ref.local()
     assert not list((tmp_path / "cache" / "dirs").glob("*/.a.bin.*.part"))  # no download left behind
+
+
+def test_compressed_file_names_are_stored_and_read_as_given(s3_bucket, tmp_path):
+    """pyarrow (de)compresses streams by file extension unless told not to: a crawl.warc.gz must
+    reach the bucket and come back as the same bytes, not gzipped twice or unpacked."""
+    import boto3
+
+    payload = gzip.compress(b"a gzip member", mtime=0)
+    for ws in (Workspace(f"{s3_bucket}/ws"), Workspace(str(tmp_path / "ws"))):
+        ws.write_bytes("in/crawl.warc.gz", payload)
+        assert ws.read_bytes("in/crawl.warc.gz") == payload
+    stored = boto3.client("s3").get_object(Bucket=s3_bucket[len("s3://") :], Key="ws/in/crawl.warc.gz")
+    assert stored["Body"].read() == payload
+
+
+def test_an_exclusive_create_has_one_winner_among_racing_writers(s3_bucket, tmp_path):
+    """What the refresh lock stands on: of eight writers racing to create one file, one wins, and
+    the file holds the winner's bytes (a conditional PUT on S3, O_EXCL locally)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for ws in (Workspace(f"{s3_bucket}/ws"), Workspace(str(tmp_path / "ws"))):
+        start = threading.Barrier(8)
+
+        def take(i: int, ws=ws, start=start) -> bool:
+            start.wait()
+            return ws.create_exclusive("locks/refresh.lock", f"writer {i}".encode())
+
+        with ThreadPoolExecutor(8) as pool:
+            won = list(pool.map(take, range(8)))
+        assert won.count(True) == 1, (ws, won)
+        assert ws.read_bytes("locks/refresh.lock") == f"writer {won.index(True)}".encode()
 
 
 def job_error(*sets: str):
@@ -193,6 +247,44 @@ def test_an_unusable_workspace_is_one_line_naming_it(s3_server, workspace, messa
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "config key 'workspace'" in lines[0], proc.stderr
     assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def checked_s3(tmp_path_factory):
+    """A second S3 server that checks credentials (moto lets one unsigned request through: the
+    bucket is made with it); yields (endpoint, bucket)."""
+    import boto3
+    from conftest import stop_process_group
+    from s3_server import start_s3_server
+
+    log = tmp_path_factory.mktemp("checked-s3") / "server.log"
+    proc, endpoint = start_s3_server(log, env={"INITIAL_NO_AUTH_ACTION_COUNT": "1"})
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="checked")
+    yield endpoint, "checked"
+    stop_process_group(proc)
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"AWS_ACCESS_KEY_ID": "AKIA-NOT-KNOWN-HERE", "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"},
+        {"AWS_EC2_METADATA_DISABLED": "true"},  # none at all (and no instance metadata to ask)
+    ],
+    ids=["refused", "none"],
+)
+def test_refused_or_missing_credentials_are_one_line_naming_the_workspace(checked_s3, credentials):
+    endpoint, bucket = checked_s3
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {"AWS_ENDPOINT_URL": endpoint, "AWS_CONFIG_FILE": os.devnull, **credentials}
+    env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    cmd = [sys.executable, "jobs/pipeline.py", "--config", "configs/demo.yaml", "--dry-run"]
+    cmd += ["--set", f"workspace=s3://{bucket}/ws", "--set", "mlflow.tracking_uri=http://127.0.0.1:9"]
+    proc = run_in_repo(cmd, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config key 'workspace'" in lines[0], proc.stderr
+    assert f"cannot reach 's3://{bucket}/ws'" in lines[0] and "credentials" in lines[0], lines[0]
+    assert "wrong-secret-value" not in proc.stderr + proc.stdout
 
 
 def test_sqlite_tracking_with_an_object_store_workspace_is_a_config_error(s3_bucket):

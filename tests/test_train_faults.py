@@ -14,13 +14,12 @@ restart was the right one), with every step in MLflow exactly once, in the one M
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 
 import mlflow
 import pytest
 import torch
-from prepared_workspace import run_in_repo
+from prepared_workspace import pretrain_on_two_nodes
 from safetensors.torch import load_file
 
 from pipelines.train import pretrain_stage
@@ -30,29 +29,6 @@ from pipelines.workflow import Runner
 pytestmark = pytest.mark.slow
 RUN = "faults"
 MODEL = "faults-model"
-
-
-TWO_NODES = """
-import json, sys
-import ray
-from ray.cluster_utils import Cluster
-
-from pipelines.config import load_config
-from pipelines.train import pretrain_stage
-from pipelines.workflow import Runner
-
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-cluster.add_node(num_cpus=1)
-ray.init(address=cluster.address)
-try:
-    print("NODES", len([n for n in ray.nodes() if n["Alive"]]), flush=True)
-    runner = Runner(load_config("configs/demo.yaml", json.loads(sys.argv[1])), [pretrain_stage()])
-    runner.run()
-    print("MANIFEST", json.dumps(runner.published("pretrain").manifest), flush=True)
-finally:
-    ray.shutdown()
-    cluster.shutdown()
-"""
 
 
 def overrides(pw, server, workspace) -> list[str]:
@@ -77,12 +53,7 @@ def submit(pw, server, workspace, *, force: bool = False):
 
 def submit_on_two_nodes(pw, server, workspace):
     """The stage on a fresh 2-node cluster (its own Ray, so in a subprocess)."""
-    proc = run_in_repo(
-        [sys.executable, "-c", TWO_NODES, json.dumps([*pw.overrides, *overrides(pw, server, workspace)])]
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "NODES 2" in proc.stdout
-    [manifest] = [json.loads(line[9:]) for line in proc.stdout.splitlines() if line.startswith("MANIFEST ")]
+    manifest, _ = pretrain_on_two_nodes([*pw.overrides, *overrides(pw, server, workspace)])
     return manifest
 
 
