@@ -1,5 +1,6 @@
 # make demo   set up .venv, then run the whole chain on configs/demo.yaml (embedded Ray + MLflow)
 # make test   set up .venv, then lint and run the test suite (what .ci/run calls)
+# make test-fast  lint and the tests not marked slow: a quick local loop (a few minutes)
 # make bench  run the side-by-side benchmarks in bench/
 #
 # Set-up order matters: torch first (TORCH_SPEC: the local CPU build here; on a GPU machine e.g.
@@ -14,7 +15,7 @@ CONFIG ?= configs/demo.yaml
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +38,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -177,9 +177,9 @@ def ours_job(spec_path: str) -> None:
     import pyarrow.parquet as pq
     import ray
 
+    from pipelines.core.workspace import Workspace
     from pipelines.corpus.build import build_corpus
     from pipelines.corpus.sources import resolve
-    from pipelines.workspace import Workspace
 
     spec = json.loads(Path(spec_path).read_text())
     work = Path(spec["work"])

@@ -5,11 +5,11 @@
 The same model (random weights, 4 layers x 256 wide, 256-token context, a GPT-2 BPE vocabulary
 trained locally), the same prompts (lines of stdlib docstrings), the same chunks of 16 prompts and
 the same seeds on both sides:
-  - ray:    pipelines.generate.generate_dataset: Ray Data map_batches on an actor pool of --actors
+  - ray:    pipelines.generate.stage.generate_dataset: Ray Data map_batches on an actor pool of --actors
             actors (1 CPU each), each loading the model once; timed from submission to the
             materialized result, so the actors' start is included;
   - single: one process generating the chunks one after another with the same function the actors
-            run (pipelines.generate.generate_chunk), with torch on 1 thread and on every core; the
+            run (pipelines.generate.stage.generate_chunk), with torch on 1 thread and on every core; the
             faster of the two is the peer (on a loaded machine, more threads can be slower).
 Ratio = ray tokens/s / best single tokens/s (goal >= 0.8 with 2 actors). Both sides run back to back in
 each round and the best round's ratio counts (other load hurts both alike); all are reported.
@@ -73,7 +73,7 @@ def run_single(model_dir: Path, items: list[dict], settings: dict, threads: int)
 
     from gpt2core.checkpoint import load_model
     from gpt2core.tokenizer import load_tokenizer
-    from pipelines.generate import generate_chunk
+    from pipelines.generate.stage import generate_chunk
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -86,7 +86,7 @@ def run_single(model_dir: Path, items: list[dict], settings: dict, threads: int)
 
 
 def run_ray(model_dir: Path, items: list[dict], settings: dict, actors: int) -> tuple[int, float]:
-    from pipelines.generate import generate_dataset, output_counts
+    from pipelines.generate.stage import generate_dataset, output_counts
 
     out, seconds = generate_dataset(items, str(model_dir), None, settings, "bench", actors, 1)
     return output_counts(out)[1], seconds
@@ -102,7 +102,7 @@ def main() -> int:
 
     import ray
 
-    from pipelines.generate import chunks
+    from pipelines.generate.stage import chunks
 
     lines = docstring_lines()
     prompts = [lines[i % len(lines)] for i in range(args.prompts)]

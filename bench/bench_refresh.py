@@ -85,10 +85,10 @@ def config(work: Path, ws: Path, inputs: list[Path]):
 
 
 def full_build(work: Path, ws: Path, inputs: list[Path]) -> float:
+    from pipelines.core.workflow import Runner
     from pipelines.corpus.stage import corpus_stage
-    from pipelines.shards import shards_stage
-    from pipelines.tokenizer import tokenizer_stage
-    from pipelines.workflow import Runner
+    from pipelines.shards.stage import shards_stage
+    from pipelines.tokenizer.stage import tokenizer_stage
 
     started = time.perf_counter()
     Runner(
@@ -98,7 +98,7 @@ def full_build(work: Path, ws: Path, inputs: list[Path]) -> float:
 
 
 def timed_refresh(work: Path, base_ws: Path, ws: Path, inputs: list[Path]) -> dict:
-    from pipelines.refresh import refresh
+    from pipelines.refresh.stage import refresh
 
     shutil.rmtree(ws, ignore_errors=True)
     shutil.copytree(base_ws, ws)
@@ -126,7 +126,7 @@ def main() -> int:
     args = parser.parse_args()
     scales = [int(s) for s in args.scales.split(",")]
 
-    from pipelines.ray_runtime import init_ray
+    from pipelines.runtime.ray import init_ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-refresh-"))
     inputs = make_inputs(work / "in", args.docs, scales, args.new)

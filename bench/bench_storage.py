@@ -59,7 +59,7 @@ def start_s3(work: Path) -> tuple[subprocess.Popen, str]:
 def upload_tree(local: Path, uri: str) -> None:
     import pyarrow.fs as pafs
 
-    from pipelines.workspace import Workspace
+    from pipelines.core.workspace import Workspace
 
     ws = Workspace(uri)
     pafs.copy_files(str(local), ws.path(), destination_filesystem=ws.fs)
@@ -69,8 +69,8 @@ def pretrain(workspace: str, shards: str, server: str, args) -> dict:
     from prepared_workspace import OVERRIDES
 
     from pipelines.config import load_config
-    from pipelines.train import pretrain_stage
-    from pipelines.workflow import Runner
+    from pipelines.core.workflow import Runner
+    from pipelines.training.pretrain import pretrain_stage
 
     overrides = [
         *[o for o in OVERRIDES if not o.startswith(("model.", "train."))],
@@ -96,7 +96,7 @@ def pretrain(workspace: str, shards: str, server: str, args) -> dict:
 
 def restore_seconds(runner, manifest: dict) -> float:
     """Fetch the run's latest checkpoint into a local directory, as a resumed worker does."""
-    from pipelines.train_launch import latest_checkpoint
+    from pipelines.training.launch import latest_checkpoint
 
     checkpoint, _ = latest_checkpoint(runner.ws, manifest["checkpoints"])
     started = time.perf_counter()
@@ -107,10 +107,10 @@ def restore_seconds(runner, manifest: dict) -> float:
 
 def read_rate(shards_uri: str, batches: int) -> dict:
     """A rank's sampler over the train split: windows/s, cold (node cache empty) and warm."""
-    from pipelines.cache import DirRef, cache_root
-    from pipelines.manifest import read_manifest
-    from pipelines.train_task import PretrainTask
-    from pipelines.workspace import Workspace
+    from pipelines.core.cache import DirRef, cache_root
+    from pipelines.core.manifest import read_manifest
+    from pipelines.core.workspace import Workspace
+    from pipelines.training.task import PretrainTask
 
     ws = Workspace(shards_uri)
     manifest = read_manifest(ws, "")

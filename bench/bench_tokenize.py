@@ -63,7 +63,7 @@ def corpus_stage(docs):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.workflow import Stage
+    from pipelines.core.workflow import Stage
 
     def run(ctx):
         ctx.ws.makedirs(f"{ctx.out}/data")
@@ -94,11 +94,12 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=8192)
     args = parser.parse_args()
 
+    from gpt2core.tokenizer import load_sentencepiece
     from pipelines.config import load_config
-    from pipelines.ray_runtime import init_ray
-    from pipelines.shards import shards_stage
-    from pipelines.tokenizer import load_sentencepiece, tokenizer_stage
-    from pipelines.workflow import Runner
+    from pipelines.core.workflow import Runner
+    from pipelines.runtime.ray import init_ray
+    from pipelines.shards.stage import shards_stage
+    from pipelines.tokenizer.stage import tokenizer_stage
 
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     docs = pydoc_texts(int(args.mb * 1e6))

@@ -3,7 +3,7 @@ PyTorch loop (2 threads), same model, same global batch, same shards, in one run
 
     .venv/bin/python bench/bench_train.py [--steps 30] [--zero-stage 1] [--n-embd 256 ...]
 
-The Ray side is the product's own path (pipelines.train_launch.fit -> TorchTrainer -> the training
+The Ray side is the product's own path (pipelines.training.launch.fit -> TorchTrainer -> the training
 loop, checkpoints included); the bare side is the loop any PyTorch user would write: AdamW, the same
 parameter groups and learning rate, micro-batches of the same shape with gradient accumulation.
 Throughput is tokens per step / the median step time after 3 warm-up steps (the median resists the
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 RESULTS = ROOT / "bench" / "results" / "bench_train.json"
-WARMUP = 3  # as pipelines.train_loop.WARMUP_STEPS
+WARMUP = 3  # as pipelines.training.loop.WARMUP_STEPS
 
 
 def parse_args() -> argparse.Namespace:
@@ -114,10 +114,10 @@ def ray_deepspeed(args, gpt: dict, pw, work: Path) -> dict:
     from gpt2core.config import GPTConfig
     from gpt2core.flops import flops_per_token
     from pipelines.config import LoopConfig
-    from pipelines.train_launch import Launch, fit
-    from pipelines.train_loop import LoopSpec
-    from pipelines.train_task import PretrainTask
-    from pipelines.workspace import Workspace
+    from pipelines.core.workspace import Workspace
+    from pipelines.training.engine import LoopSpec
+    from pipelines.training.launch import Launch, fit
+    from pipelines.training.task import PretrainTask
 
     loop = LoopConfig(
         num_workers=2,

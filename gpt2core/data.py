@@ -1,6 +1,6 @@
 """Token shards: a memory-mapped reader, a resumable rank-disjoint window sampler, an eval iterator.
 
-The shards (written by pipelines/shards.py) are a directory with `manifest.json` and Arrow IPC files,
+The shards (written by pipelines/shards/stage.py) are a directory with `manifest.json` and Arrow IPC files,
 uncompressed, with one flat `tokens` column (uint16, or uint32 for vocabularies over 65536): the
 documents of a split back to back, each followed by EOS. The manifest names the tokenizer
 ({sha256, vocab_size, eos_id}), the dtype, and per split its files with `tokens`, `docs`, `bytes`
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+IGNORE_INDEX = -100  # targets that do not count in the loss (fine-tuning masks prompts this way)
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-IGNORE_INDEX = -100
+from gpt2core.data import IGNORE_INDEX
+
 CHUNK_ELEMENTS = 2**24  # fp32 logits per chunk (64 MB): rows per chunk = CHUNK_ELEMENTS // vocab
 
 

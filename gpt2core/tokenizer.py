@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 EOS_PIECE = "<|endoftext|>"
+UNK_PIECE = "<unk>"
 SPM_FILE = "spm.model"
 META = "\u2581"  # SentencePiece's internal stand-in for a space
 # HF tokenizer files that a tokenizer directory may carry next to spm.model (written by the
@@ -54,6 +55,13 @@ class Tokenizer:
                 shutil.copyfile(src, dst)
             written.append(dst)
         return written
+
+
+def load_sentencepiece(model: bytes) -> Any:
+    """A SentencePiece processor from the bytes of spm.model."""
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_proto=model)
 
 
 def encode_lossless(sp: Any, texts: list[str], num_threads: int = 1) -> list[list[int]]:

@@ -6,7 +6,7 @@ Finds the current corpus version (the newest built with the same corpus settings
 refresh.parent), runs only new input files through the corpus steps, deduplicates them against each
 other and the current version's index, and publishes a new corpus version naming its parent and
 shards that extend the current ones (same tokenizer). Nothing new: says so and exits 0. Prints the
-shards directory and the command that continues pretraining on it. See pipelines/refresh.py.
+shards directory and the command that continues pretraining on it. See pipelines/refresh/stage.py.
 """
 
 import sys
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from pipelines.refresh import refresh
+        from pipelines.refresh.stage import refresh
 
         refresh(config_from(args), dry_run=args.dry_run, config_path=args.config)
         return 0

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipelines.config import Config, load_config
-from pipelines.errors import UserError
+from pipelines.errors import UserError, user_error_in
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -44,21 +44,11 @@ def user_errors(main: Callable[[], int | None]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a UserError raised inside a Ray task or actor arrives wrapped
-        cause = _user_error_cause(exc)
+        cause = user_error_in(exc)
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)
         return UserError.exit_code
-
-
-def _user_error_cause(exc: BaseException) -> UserError | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, UserError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return None
 
 
 # The single-stage jobs: jobs/<job>.py runs `pipeline_main(only=<stage>)`.
@@ -119,8 +109,8 @@ def job_parser(job: str) -> argparse.ArgumentParser:
 
 def pipeline_main(argv: Sequence[str] | None = None, only: str | None = None, description: str = "") -> int:
     """`jobs/pipeline.py`, and with `only` set, the single-stage job of that stage."""
+    from pipelines.core.workflow import Runner
     from pipelines.stages import pipeline_stages
-    from pipelines.workflow import Runner
 
     args = pipeline_parser(only, description).parse_args(argv)
 
@@ -142,7 +132,7 @@ def pipeline_main(argv: Sequence[str] | None = None, only: str | None = None, de
 
 def outputs_summary(runner, steps) -> str:
     """Where a pipeline run's outputs are, and how to look at its MLflow runs and models."""
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.runtime.tracking import resolve_tracking_uri
 
     lines = ["", "outputs:"]
     for step in steps:

@@ -6,13 +6,13 @@ Each issue adds its stage here: corpus, tokenizer, shards, pretrain, finetune, g
 
 from __future__ import annotations
 
+from pipelines.core.workflow import Stage
 from pipelines.corpus.stage import corpus_stage
-from pipelines.finetune import finetune_stage
-from pipelines.generate import generate_stage
-from pipelines.shards import shards_stage
-from pipelines.tokenizer import tokenizer_stage
-from pipelines.train import pretrain_stage
-from pipelines.workflow import Stage
+from pipelines.generate.stage import generate_stage
+from pipelines.shards.stage import shards_stage
+from pipelines.tokenizer.stage import tokenizer_stage
+from pipelines.training.finetune.stage import finetune_stage
+from pipelines.training.pretrain import pretrain_stage
 
 
 def pipeline_stages() -> list[Stage]:

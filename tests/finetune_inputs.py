@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prepared_workspace import MODULES
 
-from pipelines.finetune_data import demo_pairs, write_pairs
+from pipelines.training.finetune.data import demo_pairs, write_pairs
 
 # Tiny fine-tuning runs: 2 workers, fp32, few steps, a 64-token context (the prepared models').
 FINETUNE_OVERRIDES = (
@@ -45,7 +45,7 @@ def register_model(model_dir: Path, name: str, alias: str | None = None) -> str:
     """Log a model directory as this project's pyfunc model and register it (optionally aliased)."""
     import mlflow
 
-    from pipelines import registry
+    from pipelines.registry import models as registry
 
     with mlflow.start_run(run_name=f"register-{model_dir.name}"):
         version = registry.register(registry.log_model(model_dir), name)
@@ -56,7 +56,7 @@ def register_model(model_dir: Path, name: str, alias: str | None = None) -> str:
 
 def run_stage(stage, cfg):
     """Run one stage through the real runner (fingerprint, manifest, MLflow runs); its manifest."""
-    from pipelines.workflow import Runner
+    from pipelines.core.workflow import Runner
 
     runner = Runner(cfg, [stage])
     runner.run()

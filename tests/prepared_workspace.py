@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import Config, load_config
-from pipelines.workflow import Runner, Stage, StageContext
+from pipelines.core.workflow import Runner, Stage, StageContext
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
@@ -111,8 +111,8 @@ class PreparedWorkspace:
 
 def build_prepared_workspace(workspace: Path) -> PreparedWorkspace:
     """Publish corpus, tokenizer and shards into `workspace` (the session Ray must be up)."""
-    from pipelines.shards import shards_stage
-    from pipelines.tokenizer import tokenizer_stage
+    from pipelines.shards.stage import shards_stage
+    from pipelines.tokenizer.stage import tokenizer_stage
 
     overrides = (*OVERRIDES, f"workspace={workspace}")
     cfg = load_config(DEMO_CONFIG, list(overrides))
@@ -185,8 +185,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from pipelines.config import load_config
-from pipelines.train import pretrain_stage
-from pipelines.workflow import Runner
+from pipelines.training.pretrain import pretrain_stage
+from pipelines.core.workflow import Runner
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 cluster.add_node(num_cpus=1)

@@ -19,13 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import load_config
+from pipelines.core.workflow import Runner
+from pipelines.core.workspace import Workspace
 from pipelines.corpus.build import build_corpus
 from pipelines.corpus.schema import STAGES, doc_key, key_to_id
 from pipelines.corpus.sources import resolve
 from pipelines.corpus.stage import corpus_stage
 from pipelines.errors import UserError
-from pipelines.workflow import Runner
-from pipelines.workspace import Workspace
 from tests.conftest import ROOT, run_job
 from tests.corpus_inputs import (
     english_doc,
@@ -317,7 +317,7 @@ from pipelines.config import load_config
 from pipelines.corpus.build import build_corpus
 from pipelines.corpus.schema import STAGES, doc_key, key_to_id
 from pipelines.corpus.sources import resolve
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 150 * 2**20})
 cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20)

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-import pipelines.shards as shards_module
+import pipelines.shards.stage as shards_module
 from gpt2core.data import TokenShards, WindowSampler, bits_per_byte, eval_batches, token_dtype
-from pipelines.shards import SplitWriter
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
+from pipelines.shards.stage import SplitWriter
 
 SHA = "ab" * 32
 BLOCK = 15  # windows of 16 tokens

@@ -21,13 +21,13 @@ from gpt2core.config import preset
 from gpt2core.lora import LoraConfig, apply_lora, merged_state_dict
 from gpt2core.model import GPT
 from gpt2core.tokenizer import load_tokenizer
+from pipelines.core.manifest import manifest_digest
+from pipelines.core.workflow import Runner
 from pipelines.errors import UserError
-from pipelines.finetune import finetune_stage
-from pipelines.finetune_data import IGNORE, build_pairs, build_text, load_rows, read_pairs
-from pipelines.finetune_task import RowSampler
-from pipelines.manifest import manifest_digest
-from pipelines.train_checkpoint import TrainState, read_rank_state, train_state, write_rank_state
-from pipelines.workflow import Runner
+from pipelines.training.checkpoint import TrainState, read_rank_state, train_state, write_rank_state
+from pipelines.training.finetune.data import IGNORE, build_pairs, build_text, load_rows, read_pairs
+from pipelines.training.finetune.stage import finetune_stage
+from pipelines.training.finetune.task import RowSampler
 
 NAME = "finetune-test"
 
@@ -172,8 +172,8 @@ def test_continued_pretraining_registers_the_data_digest_and_lowers_its_val_loss
 ):
     """Plain text, no pairs: a text file (finetune.data) or, with finetune.data unset, the pipeline's
     own tokenizer and shards stages' outputs (pretraining's task and gate)."""
-    from pipelines.shards import shards_stage
-    from pipelines.tokenizer import tokenizer_stage
+    from pipelines.shards.stage import shards_stage
+    from pipelines.tokenizer.stage import tokenizer_stage
 
     mlflow.set_experiment("finetune-tests")
     common = (

@@ -13,7 +13,7 @@ from finetune_inputs import register_model, run_stage
 from prepared_workspace import docstring_documents, make_model_dir
 
 from pipelines.errors import UserError
-from pipelines.generate import generate_stage
+from pipelines.generate.stage import generate_stage
 
 NAME = "generate-test"
 N_PROMPTS = 1000

@@ -24,7 +24,7 @@ from pipelines import cli
 from pipelines.cli import STAGE_JOBS, job_parser
 from pipelines.config import load_config
 from pipelines.errors import UserError
-from pipelines.tracking import is_secret_name, redact
+from pipelines.runtime.tracking import is_secret_name, redact
 from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"

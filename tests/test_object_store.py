@@ -24,13 +24,14 @@ import torch
 from prepared_workspace import OVERRIDES, docstring_documents, pretrain_on_two_nodes, run_in_repo
 from safetensors.torch import load
 
-from pipelines import cache, finetune_data
 from pipelines.config import load_config
+from pipelines.core import cache
+from pipelines.core.faults import FAULT_ENV
+from pipelines.core.workflow import Runner
+from pipelines.core.workspace import Workspace
 from pipelines.stages import pipeline_stages
-from pipelines.train import pretrain_stage
-from pipelines.train_launch import FAULT_ENV
-from pipelines.workflow import Runner
-from pipelines.workspace import Workspace
+from pipelines.training.finetune import data as finetune_data
+from pipelines.training.pretrain import pretrain_stage
 
 pytestmark = pytest.mark.slow
 CHAIN = (
@@ -310,7 +311,7 @@ def test_sqlite_tracking_with_an_object_store_workspace_is_a_config_error(s3_buc
 def test_a_publish_killed_before_its_manifest_is_never_read_and_is_rebuilt(s3_bucket, mlflow_server):
     """The tokenizer stage dies after uploading its files: the shards stage refuses to read them,
     and the next run rebuilds the tokenizer (the same bytes as a clean build)."""
-    from pipelines.workflow import FAULT_PUBLISH_ENV
+    from pipelines.core.faults import FAULT_PUBLISH_ENV
 
     ws = Workspace(f"{s3_bucket}/ws")
     ws.write_bytes("raw/docs.jsonl", ("\n".join(dump_lines()) + "\n").encode())
@@ -340,7 +341,7 @@ def test_a_publish_killed_before_its_manifest_is_never_read_and_is_rebuilt(s3_bu
 
 
 def test_a_refresh_on_s3_makes_a_child_version_and_extends_the_shards(chains, mlflow_server):
-    from pipelines.refresh import refresh
+    from pipelines.refresh.stage import refresh
 
     _, remote = chains
     bucket = remote.ws.root.split("/", 1)[0]

@@ -18,19 +18,21 @@ import numpy as np
 import pytest
 
 from gpt2core.data import TokenShards
-from pipelines import refresh_shards, refresh_version
+from gpt2core.tokenizer import load_sentencepiece
+from pipelines.core.workflow import Runner
+from pipelines.core.workspace import Workspace
 from pipelines.corpus.build import build_corpus
 from pipelines.corpus.schema import STAGES, doc_key, key_to_id
 from pipelines.corpus.sources import InputFile, resolve
 from pipelines.corpus.stage import corpus_stage
 from pipelines.errors import UserError
-from pipelines.refresh import refresh
-from pipelines.refresh_lineage import Version, current_version, shards_of, survey_inputs
-from pipelines.refresh_lock import LOCK_FILE, Owner, WorkspaceLock
-from pipelines.shards import shards_stage
-from pipelines.tokenizer import load_sentencepiece, tokenizer_stage
-from pipelines.workflow import Runner
-from pipelines.workspace import Workspace
+from pipelines.refresh import shards as refresh_shards
+from pipelines.refresh import version as refresh_version
+from pipelines.refresh.lineage import Version, current_version, shards_of, survey_inputs
+from pipelines.refresh.lock import LOCK_FILE, Owner, WorkspaceLock
+from pipelines.refresh.stage import refresh
+from pipelines.shards.stage import shards_stage
+from pipelines.tokenizer.stage import tokenizer_stage
 from tests.conftest import ROOT
 from tests.refresh_inputs import (
     DEMO_CONFIG,
@@ -386,8 +388,8 @@ def test_pretraining_continues_from_the_registered_model_on_the_refreshed_shards
     import mlflow
     from prepared_workspace import make_model_dir
 
-    from pipelines import registry
     from pipelines.cli import pipeline_main
+    from pipelines.registry import models as registry
 
     shards = chain.steps[-1].result.shards
     info = shards.manifest["tokenizer"]

@@ -11,11 +11,11 @@ from prepared_workspace import make_model_dir
 
 from gpt2core.checkpoint import load_model
 from gpt2core.data import TokenShards
+from gpt2core.evaluate import evaluate_model_dir, val_tokens_for
 from gpt2core.generate import generate
 from gpt2core.tokenizer import load_tokenizer
-from pipelines import registry
 from pipelines.errors import UserError
-from pipelines.evaluate import evaluate_model_dir, val_tokens_for
+from pipelines.registry import models as registry
 
 NAME = "registry-test"
 
@@ -173,7 +173,7 @@ def _split(tokens: list[int], eos: int) -> list[list[int]]:
 def test_training_params_reach_mlflow_without_credentials(mlflow_env, monkeypatch):
     """Rank 0 logs the whole resolved config; credentials in it (a URL password, a secret-named key,
     the value of a secret environment variable) are redacted before they reach the server."""
-    from pipelines.train_metrics import MetricsLog
+    from pipelines.training.metrics import MetricsLog
 
     monkeypatch.setenv("HF_TOKEN", "hf_s3cr3tvalue")
     mlflow.set_experiment("train-params")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.core.workspace import Workspace
 from pipelines.corpus import demo
-from pipelines.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 SECRET = "do-not-train-on-me-0c7f"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.tracking import REDACTED, redact, redact_tree, safe_params
-from pipelines.workflow import Runner, Stage
+from pipelines.core.workflow import Runner, Stage
+from pipelines.runtime.tracking import REDACTED, redact, redact_tree, safe_params
 from tests.conftest import ROOT
 
 
@@ -137,7 +137,7 @@ EMBEDDED_RAY = """
 import json, time, urllib.error, urllib.request
 import ray
 from pipelines.config import load_config
-from pipelines.ray_runtime import init_ray
+from pipelines.runtime.ray import init_ray
 from ray._raylet import AuthenticationMode, get_authentication_mode
 
 init_ray(load_config(None, ["ray.include_dashboard=true", "ray.num_cpus=1", "ray.object_store_memory_mb=80"]))

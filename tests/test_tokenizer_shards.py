@@ -19,20 +19,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpt2core.data import TokenShards
+from gpt2core.tokenizer import META, encode_lossless, load_sentencepiece
 from pipelines.config import load_config
+from pipelines.core.outputs import corpus_data_files, iter_corpus_batches
+from pipelines.core.workflow import Runner, Stage
 from pipelines.errors import UserError
-from pipelines.shards import ValSplit, shards_stage
-from pipelines.tokenizer import (
-    META,
+from pipelines.shards.stage import ValSplit, shards_stage
+from pipelines.tokenizer.stage import (
     CorpusSample,
-    corpus_data_files,
-    encode_lossless,
-    iter_corpus_batches,
-    load_sentencepiece,
     tokenizer_stage,
     train_sentencepiece,
 )
-from pipelines.workflow import Runner, Stage
 
 pytestmark = pytest.mark.slow  # Ray actors, an MLflow server, the whole chain end to end
 
@@ -50,7 +47,7 @@ ADVERSARIAL = [
     "literal meta \u2581 and \u2581\u2581 doubled, and a trailing one\u2581",
     "<|endoftext|> written as text, <unk> too, and <0x41>",
 ]
-# Hugging Face tokenizers turn these into special tokens / spaces (documented in tokenizer_hf.py).
+# Hugging Face tokenizers turn these into special tokens / spaces (documented in hf_files.py).
 HF_DIFFERS = (META, "<|endoftext|>", "<unk>")
 
 
@@ -182,8 +179,8 @@ def test_hugging_face_export_gives_the_same_ids(built):
 
 
 def test_unigram_option_is_lossless_and_hf_decodes_it(built, tmp_path):
-    from pipelines.tokenizer_hf import write_hf_files
-    from pipelines.workspace import Workspace
+    from pipelines.core.workspace import Workspace
+    from pipelines.tokenizer.hf_files import write_hf_files
 
     runner, _ = built
     cfg = load_config(None, ["tokenizer.model_type=unigram", "tokenizer.vocab_size=800"]).tokenizer
@@ -322,7 +319,7 @@ def test_val_split_is_a_stable_hash_fraction(built):
 
 
 def test_a_tokenizer_file_that_is_not_the_published_one_is_refused(built):
-    from pipelines.shards import TokenizerFile
+    from pipelines.shards.stage import TokenizerFile
 
     runner, _ = built
     published_tokenizer = runner.published("tokenizer")

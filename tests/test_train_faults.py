@@ -22,9 +22,9 @@ import torch
 from prepared_workspace import pretrain_on_two_nodes
 from safetensors.torch import load_file
 
-from pipelines.train import pretrain_stage
-from pipelines.train_launch import FAULT_ENV
-from pipelines.workflow import Runner
+from pipelines.core.faults import FAULT_ENV
+from pipelines.core.workflow import Runner
+from pipelines.training.pretrain import pretrain_stage
 
 pytestmark = pytest.mark.slow
 RUN = "faults"

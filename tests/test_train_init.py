@@ -10,11 +10,11 @@ import torch
 from prepared_workspace import make_model_dir
 from safetensors.torch import load_file
 
-from pipelines import registry
 from pipelines.config import LoopConfig
 from pipelines.errors import UserError
-from pipelines.train import resolve_init, resolve_model
-from pipelines.train_loop import LoopSpec, build_model
+from pipelines.registry import models as registry
+from pipelines.training.engine import LoopSpec, build_model
+from pipelines.training.pretrain import resolve_init, resolve_model
 
 NAME = "init-from-test"
 

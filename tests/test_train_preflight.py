@@ -8,10 +8,10 @@ import shutil
 import pytest
 from prepared_workspace import run_pretrain_job
 
+from pipelines.core.workflow import Runner
 from pipelines.errors import UserError
-from pipelines.train import pretrain_stage
-from pipelines.train_launch import RESUME_KEYS, check_resumable
-from pipelines.workflow import Runner
+from pipelines.training.launch import RESUME_KEYS, check_resumable
+from pipelines.training.pretrain import pretrain_stage
 
 
 def run_stage(pw, workspace, *overrides: str) -> None:

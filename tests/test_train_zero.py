@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.config import LoopConfig
-from pipelines.deepspeed_config import check_combination, deepspeed_config, resolve_precision
 from pipelines.errors import UserError
+from pipelines.training.deepspeed import check_combination, deepspeed_config, resolve_precision
 
 STEPS = 20
 BF16_STEPS = 12  # enough to show it trains along the fp32 curve
@@ -37,8 +37,8 @@ def train_variants(config: dict) -> None:
     import ray.train.torch
     from safetensors.torch import save_file
 
-    from pipelines.train_loop import LoopSpec, full_state_dict, make_engine, train_step
-    from pipelines.train_task import PretrainTask
+    from pipelines.training.engine import LoopSpec, full_state_dict, make_engine, train_step
+    from pipelines.training.task import PretrainTask
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -73,7 +73,7 @@ def variants(prepared_workspace, ray_module, tmp_path_factory):
     from ray.train.torch import TorchTrainer
 
     from gpt2core.config import preset
-    from pipelines.train_task import PretrainTask
+    from pipelines.training.task import PretrainTask
 
     out = tmp_path_factory.mktemp("zero")
     pw = prepared_workspace

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pipelines.config import load_config
+from pipelines.core.workflow import Runner, Stage
 from pipelines.errors import UserError
-from pipelines.workflow import Runner, Stage
 
 
 class Calls:

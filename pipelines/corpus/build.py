@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 
 from pipelines.config import CorpusConfig
+from pipelines.core.workspace import Workspace
 from pipelines.corpus import index as corpus_index
 from pipelines.corpus.dedup import deduplicate
 from pipelines.corpus.process import process_batch, warm_up
@@ -26,8 +27,7 @@ from pipelines.corpus.readers import ReadOptions, read_file
 from pipelines.corpus.shuffle import remote
 from pipelines.corpus.sources import InputFile, filesystem
 from pipelines.corpus.stats import combine, funnel_png, preload_plotting
-from pipelines.ray_runtime import cluster_cpus
-from pipelines.workspace import Workspace
+from pipelines.runtime.ray import cluster_cpus
 
 STAGING = "_staging"
 
@@ -54,14 +54,11 @@ def file_groups(files: list[InputFile], groups: int) -> list[list[tuple[str, str
 
 
 def sha256_input(uri: str) -> str:
-    import hashlib
+    from pipelines.core.hashing import sha256_stream
 
     fs, path = filesystem(uri)
-    digest = hashlib.sha256()
     with fs.open_input_stream(path, compression=None) as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_stream(f)
 
 
 def sha256_refs(uris: list[str]) -> list:

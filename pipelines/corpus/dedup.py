@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from pipelines.core.workspace import Workspace
 from pipelines.corpus.dedup_tasks import (
     band_reduce,
     exact_reduce,
@@ -32,7 +33,6 @@ from pipelines.corpus.dedup_tasks import (
     write_index_part,
 )
 from pipelines.corpus.shuffle import as_list, remote
-from pipelines.workspace import Workspace
 
 MAX_ROUNDS = 64
 
@@ -45,6 +45,17 @@ class DedupResult:
 
 def _by_part(refs: list[list], p: int) -> list:
     return [row[p] for row in refs]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every round's tasks share."""
+
+    uri: str  # the workspace
+    parts: int
+    num_perm: int
+    bands: int
+    against: list[str]  # index dirs of earlier corpora
 
 
 def deduplicate(
@@ -62,99 +73,128 @@ def deduplicate(
 ) -> DedupResult:
     """Decide every surviving staging document (kept / exact / fuzzy duplicate of which id) and
     write the index of the kept ones under `out_index`. `against`: index dirs of earlier corpora."""
-    import ray
-
-    uri, against = ws.full_uri(), list(against)
+    job = _Job(ws.full_uri(), parts, num_perm, bands, list(against))
     stats: dict = {"exact": {}, "fuzzy": {}}
     started = time.perf_counter()
-    # One scan per partition at most, however many staging files there are: a task's results of
-    # up to 100 KB are returned inline to the driver's own memory, so many small scans would gather
-    # signatures there. Fewer, larger results go to Ray's object store on the node that made them.
-    files = list(enumerate(staging_files))
-    scans = [
-        remote(scan).options(num_returns=3 * parts).remote(files[g::parts], uri, parts, num_perm, bands)
-        for g in range(min(parts, len(files)))
-    ]
-    exact_refs = [s[:parts] for s in scans]
-    band_refs = [s[parts : 2 * parts] for s in scans]
-    doc_refs = [s[2 * parts :] for s in scans]
-
-    exact_decisions = []
-    if exact:
-        exact_decisions = [
-            as_list(
-                remote(exact_reduce)
-                .options(num_returns=parts)
-                .remote(p, parts, uri, against, *_by_part(exact_refs, p)),
-                parts,
-            )
-            for p in range(parts)
-        ]
-        ray.wait([d for row in exact_decisions for d in row], num_returns=len(exact_decisions) * parts)
+    exact_refs, band_refs, doc_refs = _scan(job, staging_files)
+    exact_decisions = _exact_round(job, exact_refs) if exact else []
     stats["exact"]["seconds"] = time.perf_counter() - started
 
     started = time.perf_counter()
     labels = [None] * parts
     if fuzzy:
-        pairs = [
-            as_list(
-                remote(band_reduce)
-                .options(num_returns=parts)
-                .remote(p, parts, uri, against, exact, *_by_part(band_refs, p)),
-                parts,
-            )
-            for p in range(parts)
-        ]
-        left = [
-            as_list(
-                remote(verify_left)
-                .options(num_returns=parts)
-                .remote(parts, num_perm, bands, len(pairs), *_by_part(pairs, p), *_by_part(doc_refs, p)),
-                parts,
-            )
-            for p in range(parts)
-        ]
-        right = [
-            remote(verify_right)
-            .options(num_returns=parts + 1)
-            .remote(
-                p,
-                parts,
-                num_perm,
-                bands,
-                threshold,
-                uri,
-                against,
-                len(left),
-                *_by_part(left, p),
-                *_by_part(doc_refs, p),
-            )
-            for p in range(parts)
-        ]
-        counts = ray.get([r[parts] for r in right])
-        stats["fuzzy"]["candidate_pairs"] = sum(c["candidate_pairs"] for c in counts)
-        stats["fuzzy"]["verified_pairs"] = sum(c["verified_pairs"] for c in counts)
-        labels, rounds = _components([r[:parts] for r in right], parts)
-        stats["fuzzy"]["component_rounds"] = rounds
-
+        labels = _fuzzy_rounds(job, band_refs, doc_refs, exact, threshold, stats["fuzzy"])
     if exact_decisions:  # re-route exact decisions by the duplicate, with their keepers resolved
-        exact_decisions = [
-            as_list(
-                remote(resolve_exact)
-                .options(num_returns=parts)
-                .remote(
-                    parts,
-                    int(labels[p] is not None),
-                    *[x for x in [labels[p]] if x is not None],
-                    *_by_part(exact_decisions, p),
-                ),
-                parts,
-            )
-            for p in range(parts)
-        ]
+        exact_decisions = _resolve_round(job, exact_decisions, labels)
+    final = _finalize_round(job, out_index, exact_decisions, labels, doc_refs)
+    stats["fuzzy"]["seconds"] = time.perf_counter() - started
+    return DedupResult([[f[p] for f in final] for p in range(parts)], stats)
 
-    out_index_parts = []
-    final = []
+
+def _scan(job: _Job, staging_files: list[str]) -> tuple[list, list, list]:
+    """(exact-hash, band-bucket, signature) refs: per scan, one per partition each.
+
+    One scan per partition at most, however many staging files there are: a task's results of up
+    to 100 KB are returned inline to the driver's own memory, so many small scans would gather
+    signatures there. Fewer, larger results go to Ray's object store on the node that made them."""
+    parts, files = job.parts, list(enumerate(staging_files))
+    scans = [
+        remote(scan)
+        .options(num_returns=3 * parts)
+        .remote(files[g::parts], job.uri, parts, job.num_perm, job.bands)
+        for g in range(min(parts, len(files)))
+    ]
+    return [s[:parts] for s in scans], [s[parts : 2 * parts] for s in scans], [s[2 * parts :] for s in scans]
+
+
+def _exact_round(job: _Job, exact_refs: list) -> list:
+    import ray
+
+    parts = job.parts
+    decisions = [
+        as_list(
+            remote(exact_reduce)
+            .options(num_returns=parts)
+            .remote(p, parts, job.uri, job.against, *_by_part(exact_refs, p)),
+            parts,
+        )
+        for p in range(parts)
+    ]
+    ray.wait([d for row in decisions for d in row], num_returns=len(decisions) * parts)
+    return decisions
+
+
+def _fuzzy_rounds(job: _Job, band_refs, doc_refs, exact: bool, threshold: float, stats: dict) -> list:
+    """Candidate pairs from shared buckets, verified on both signatures, then connected components:
+    the component labels per partition."""
+    import ray
+
+    parts, perm, bands = job.parts, job.num_perm, job.bands
+    pairs = [
+        as_list(
+            remote(band_reduce)
+            .options(num_returns=parts)
+            .remote(p, parts, job.uri, job.against, exact, *_by_part(band_refs, p)),
+            parts,
+        )
+        for p in range(parts)
+    ]
+    left = [
+        as_list(
+            remote(verify_left)
+            .options(num_returns=parts)
+            .remote(parts, perm, bands, len(pairs), *_by_part(pairs, p), *_by_part(doc_refs, p)),
+            parts,
+        )
+        for p in range(parts)
+    ]
+    right = [
+        remote(verify_right)
+        .options(num_returns=parts + 1)
+        .remote(
+            p,
+            parts,
+            perm,
+            bands,
+            threshold,
+            job.uri,
+            job.against,
+            len(left),
+            *_by_part(left, p),
+            *_by_part(doc_refs, p),
+        )  # fmt: skip
+        for p in range(parts)
+    ]
+    counts = ray.get([r[parts] for r in right])
+    stats["candidate_pairs"] = sum(c["candidate_pairs"] for c in counts)
+    stats["verified_pairs"] = sum(c["verified_pairs"] for c in counts)
+    labels, stats["component_rounds"] = _components([r[:parts] for r in right], parts)
+    return labels
+
+
+def _resolve_round(job: _Job, exact_decisions: list, labels: list) -> list:
+    parts = job.parts
+    return [
+        as_list(
+            remote(resolve_exact)
+            .options(num_returns=parts)
+            .remote(
+                parts,
+                int(labels[p] is not None),
+                *[x for x in [labels[p]] if x is not None],
+                *_by_part(exact_decisions, p),
+            ),
+            parts,
+        )
+        for p in range(parts)
+    ]
+
+
+def _finalize_round(job: _Job, out_index: str, exact_decisions: list, labels: list, doc_refs) -> list:
+    """Per id partition: the decisions, and the index of the kept documents written under out_index."""
+    import ray
+
+    parts, final = job.parts, []
     for p in range(parts):
         exact_in = _by_part(exact_decisions, p)
         label_in = [labels[p]] if labels[p] is not None else []
@@ -164,24 +204,24 @@ def deduplicate(
             .remote(
                 p,
                 parts,
-                num_perm,
-                bands,
-                uri,
+                job.num_perm,
+                job.bands,
+                job.uri,
                 out_index,
                 len(exact_in),
                 len(label_in),
                 *exact_in,
                 *label_in,
                 *_by_part(doc_refs, p),
-            )
+            )  # fmt: skip
         )
+    index_parts = []
     for k, kind in enumerate(("exact", "bands")):
         for p in range(parts):
             chunks = [f[(k + 1) * parts + p] for f in final]
-            out_index_parts.append(remote(write_index_part).remote(uri, out_index, kind, p, *chunks))
-    ray.get(out_index_parts)
-    stats["fuzzy"]["seconds"] = time.perf_counter() - started
-    return DedupResult([[f[p] for f in final] for p in range(parts)], stats)
+            index_parts.append(remote(write_index_part).remote(job.uri, out_index, kind, p, *chunks))
+    ray.get(index_parts)
+    return final
 
 
 def _components(edge_refs: list[list], parts: int) -> tuple[list, int]:

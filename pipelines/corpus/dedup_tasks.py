@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines.core.workspace import Workspace
 from pipelines.corpus import components
 from pipelines.corpus import index as corpus_index
 from pipelines.corpus.shuffle import concat, partition_of, returns, split, split_by
-from pipelines.workspace import Workspace
 
 NEW = np.uint64(1 << 63)
 KEEP, EXACT, FUZZY = 0, 1, 2

@@ -8,7 +8,7 @@
 `doc` is the document id as a number (id == f"{doc:016x}"); only kept documents are indexed. A
 new document's exact hash, band buckets or id fall in one partition each, so a prober reads the
 part files of the partitions it has rows for, and never a document. A refreshed corpus version
-(pipelines/refresh.py) holds its parent's part files plus one `part-PPPPP-gNNNN.parquet` per
+(pipelines/refresh/stage.py) holds its parent's part files plus one `part-PPPPP-gNNNN.parquet` per
 partition for each refresh generation NNNN: a partition is all of its files.
 """
 
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import CorpusConfig
+from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
-from pipelines.workspace import Workspace
 
 KINDS = ("exact", "bands", "signatures")
 INDEX_VERSION = 1

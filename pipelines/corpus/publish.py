@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.core.workspace import Workspace
 from pipelines.corpus.dedup_tasks import EXACT, FUZZY
 from pipelines.corpus.schema import DOC_SCHEMA, REJECT_SCHEMA, TIMING_COLUMNS
 from pipelines.corpus.shuffle import concat
-from pipelines.workspace import Workspace
 
 VERDICTS = {EXACT: ("dedup_exact", "exact_duplicate"), FUZZY: ("dedup_fuzzy", "near_duplicate")}
 

@@ -29,10 +29,6 @@ def key_to_id(key: int) -> str:
     return f"{key:016x}"
 
 
-def id_to_key(doc_id: str) -> int:
-    return int(doc_id, 16)
-
-
 # What a reader yields per record (`raw` for bytes still to decode, `text` for text it already has).
 RECORD_SCHEMA = pa.schema(
     [

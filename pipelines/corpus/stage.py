@@ -10,8 +10,8 @@ processed).
 from __future__ import annotations
 
 from pipelines.config import Config
-from pipelines.workflow import Stage, StageContext
-from pipelines.workspace import Workspace
+from pipelines.core.workflow import Stage, StageContext
+from pipelines.core.workspace import Workspace
 
 
 def input_identity(cfg: Config, ws: Workspace) -> list:
@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> dict:
 
     from pipelines.corpus import index, stats
     from pipelines.corpus.build import build_corpus, sha256_refs
-    from pipelines.ray_runtime import init_ray
+    from pipelines.runtime.ray import init_ray
 
     files = input_files(ctx)  # before Ray starts: a wrong path fails in a second, not after startup
     init_ray(ctx.cfg)

@@ -1,0 +1,250 @@
+"""The model registry: log a model directory as a pyfunc model, register a version, move the aliases.
+
+MLflow reserves the alias name `latest`: `models:/<name>/latest` is built in and always resolves to
+the newest version, i.e. the one registered last. `champion` moves only when the new version's validation
+bits per byte beat the current champion's, both evaluated now on the same validation shards (in a
+Ray task with a training worker's resources, so a GPU model is evaluated on a GPU). Both figures
+and the decision go into the new version's tags. Bits per byte compare across tokenizers: a
+champion with another tokenizer reads the same validation text, re-encoded with its own.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.core.cache import DirRef, as_local
+from pipelines.errors import UserError
+
+if TYPE_CHECKING:
+    from pipelines.config import LoopConfig
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
+GPT2CORE_DIR = Path(__file__).resolve().parents[2] / "gpt2core"
+MODEL_ARTIFACT = "model"
+CHAMPION = "champion"
+_REQUIREMENTS = ("torch", "safetensors", "sentencepiece", "tokenizers", "numpy", "mlflow")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateResources:
+    """How the gate evaluates, whatever its data: batches and resources as the training loop's."""
+
+    batch_size: int
+    max_batches: int
+    num_cpus: int = 1
+    num_gpus: int = 0
+
+
+def gate_resources(loop: LoopConfig) -> dict[str, int]:
+    """GateResources fields of a training loop config: its global micro batch and eval batches,
+    one worker's CPUs and GPU."""
+    return {
+        "batch_size": loop.micro_batch_size * loop.num_workers,
+        "max_batches": loop.eval_batches,
+        "num_cpus": loop.cpus_per_worker,
+        "num_gpus": 1 if loop.use_gpu else 0,
+    }
+
+
+@dataclass(frozen=True)
+class GateData(GateResources):
+    """The pretraining gate's data: validation shards and their tokenizer."""
+
+    shards_dir: str | DirRef  # a local path, or published shards fetched by the gate's node
+    tokenizer_dir: str | DirRef  # the shards' tokenizer (to re-encode for a champion with another one)
+
+    @property
+    def val_data(self) -> str:
+        return location(self.shards_dir)
+
+    def figures(self, candidate_dir: str, champion_dir: str | None) -> dict[str, float | None]:
+        """What the gate compares. Another gate data (fine-tuning's val pairs) brings its own."""
+        return gate_figures(candidate_dir, champion_dir, self)
+
+
+def pip_requirements() -> list[str]:
+    """The serving environment: pinned to what trained the model (no slow requirement inference)."""
+    pins = []
+    for name in _REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def signature():
+    from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # advice on type hints: the signature is explicit
+        from pipelines.registry import pyfunc
+
+    return infer_signature(["a prompt"], ["a completion"], params=dict(pyfunc.PARAMS))
+
+
+def log_model(model_dir: str | Path) -> str:
+    """Log `model_dir` as a pyfunc model into the active MLflow run; returns its model URI."""
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # advice on type hints and input examples
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_FILE),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(GPT2CORE_DIR)],
+            signature=signature(),
+            pip_requirements=pip_requirements(),
+        )
+    return info.model_uri
+
+
+def register(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> str:
+    """A new version of registered model `name` (so `models:/<name>/latest`); returns the version."""
+    import mlflow
+
+    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def latest_uri(name: str) -> str:
+    return f"models:/{name}/latest"
+
+
+def model_dir_of(uri: str, dst: str | Path | None = None) -> Path:
+    """A local model directory (config.json + weights + tokenizer) for a model dir path or a
+    `models:/name@alias` / `models:/name/version` / `runs:/...` URI (downloaded into `dst`)."""
+    if "://" not in uri and ":/" not in uri:
+        path = Path(uri).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"{uri}: not a model directory (no config.json)")
+        return path
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.registry import pyfunc
+
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None)
+    except MlflowException as exc:
+        raise UserError(f"{uri}: cannot download the model ({exc.message.splitlines()[0]})") from None
+    found = _pyfunc_artifact(Path(local), pyfunc.MODEL_DIR_ARTIFACT)
+    if found is None or not (found / "config.json").is_file():
+        raise UserError(
+            f"{uri}: not a model logged by this project (no {pyfunc.MODEL_DIR_ARTIFACT!r} artifact)"
+        )
+    return found
+
+
+def _pyfunc_artifact(model_root: Path, key: str) -> Path | None:
+    """Where a pyfunc model keeps its artifact `key` (MLmodel: python_function.artifacts.<key>.path)."""
+    import yaml
+
+    mlmodel = model_root / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    path = flavor.get("artifacts", {}).get(key, {}).get("path")
+    return model_root / path if path else None
+
+
+def current_champion(name: str) -> Any | None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def gate_figures(candidate_dir: str, champion_dir: str | None, data: GateData) -> dict[str, float | None]:
+    """Val bits per byte (and loss) of the candidate and the champion on the same val text."""
+    import torch
+
+    from gpt2core.evaluate import evaluate_model_dir, val_tokens_for
+
+    device = "cuda" if data.num_gpus and torch.cuda.is_available() else "cpu"
+    figures: dict[str, float | None] = {"champion_bpb": None, "champion_loss": None}
+    shards_dir, tokenizer_dir = as_local(data.shards_dir), as_local(data.tokenizer_dir)
+    for who, model_dir in (("candidate", candidate_dir), ("champion", champion_dir)):
+        if model_dir is None:
+            continue
+        val = val_tokens_for(model_dir, shards_dir, tokenizer_dir)
+        result = evaluate_model_dir(model_dir, val, data.batch_size, data.max_batches, device)
+        figures[f"{who}_bpb"], figures[f"{who}_loss"] = result.bits_per_byte, result.loss
+    return figures
+
+
+def location(where: str | DirRef) -> str:
+    """What a tag or a message names: a DirRef's URI, or the path itself."""
+    return where.uri if isinstance(where, DirRef) else str(where)
+
+
+def _figures_of(data: Any, candidate: str | DirRef, champion_uri: str | None, tracking_uri: str | None):
+    """The gate's figures, on whichever node the task landed: it fetches the candidate (from the
+    workspace, through the node cache) and the champion (from the registry) itself, since no
+    directory of the driver is visible there."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+        champion_dir = str(model_dir_of(champion_uri, tmp)) if champion_uri else None
+        return data.figures(as_local(candidate), champion_dir)
+
+
+def champion_gate(name: str, version: str, candidate: str | DirRef, data: Any) -> dict[str, Any]:
+    """Evaluate the new version against the champion; move `champion` if it is better. Returns the
+    figures and the decision, which are also set as tags `gate.*` on the new version."""
+    import mlflow
+    import ray
+
+    champion = current_champion(name)
+    champion_uri = f"models:/{name}/{champion.version}" if champion is not None else None
+    task = ray.remote(num_cpus=data.num_cpus, num_gpus=data.num_gpus)(_figures_of)
+    figures = ray.get(task.remote(data, candidate, champion_uri, mlflow.get_tracking_uri()))
+    promote = figures["champion_bpb"] is None or figures["candidate_bpb"] < figures["champion_bpb"]
+    decision = {
+        **figures,
+        "champion_version": champion.version if champion is not None else None,
+        "promoted": promote,
+    }
+    client = mlflow.MlflowClient()
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    tags = {
+        "gate.candidate_bpb": f"{figures['candidate_bpb']:.6f}",
+        "gate.champion_bpb": "none" if figures["champion_bpb"] is None else f"{figures['champion_bpb']:.6f}",
+        "gate.champion_version": str(decision["champion_version"] or "none"),
+        "gate.decision": "promoted to champion" if promote else "kept the champion",
+        "gate.val_data": data.val_data,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return decision
+
+
+def registry_version(uri: str, key: str = "finetune.init_from") -> tuple[str, str]:
+    """(models:/<name>/<version>, version) for models:/<name>@<alias> or models:/<name>/<version>:
+    an alias is resolved once, so the run and its lineage name one version even if the alias moves."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    body = uri.removeprefix("models:/")
+    name, at, alias = body.partition("@")
+    if not at:
+        name, _, version = body.partition("/")
+        return uri, version
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        raise UserError(
+            f"config key {key!r}: registered model {name!r} has no alias {alias!r} ({uri} does not exist)"
+        ) from None
+    return f"models:/{name}/{version}", str(version)

@@ -1,0 +1,71 @@
+"""The MLflow pyfunc model of a trained GPT-2: prompts in, completions out.
+
+Logged as an MLflow "model from code": this file IS the model's code (pipelines/registry/models.py logs it
+with `code_paths=[gpt2core]` and the model directory as the artifact `model_dir`), so it imports
+only gpt2core, torch and mlflow, never the rest of `pipelines`. Then
+
+    mlflow.pyfunc.load_model("models:/gpt2@champion").predict(["Once upon a time"], params={"seed": 0})
+
+returns one completion (the new text only) per prompt, and `mlflow models serve --env-manager local`
+serves the same. Sampling parameters are params with defaults: top_k=0 and top_p=1.0 switch those
+filters off, seed=-1 samples without a fixed seed, temperature=0 is greedy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from mlflow.models import set_model
+
+MODEL_DIR_ARTIFACT = "model_dir"
+PARAMS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": -1}
+BATCH = 16  # prompts per generate() call: bounds the KV cache
+
+
+def prompts_of(model_input: Any) -> list[str]:
+    """A list of prompt strings from what pyfunc callers send: list, str, Series, DataFrame, array."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if hasattr(model_input, "columns"):  # pandas DataFrame (serving): the first column
+        model_input = model_input[model_input.columns[0]]
+    if hasattr(model_input, "tolist"):
+        model_input = model_input.tolist()
+    return ["" if p is None else str(p) for p in model_input]
+
+
+class GPT2Completions(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from gpt2core.checkpoint import load_model
+        from gpt2core.tokenizer import load_tokenizer
+
+        model_dir = context.artifacts[MODEL_DIR_ARTIFACT]
+        self.model = load_model(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+        from gpt2core.generate import generate
+
+        p = {**PARAMS, **(params or {})}
+        keep = self.model.config.block_size - 1  # the context must leave room for one new token
+        eos = self.tokenizer.eos_id
+        # An empty prompt starts from end-of-text, as GPT-2 samples unconditionally.
+        ids = [(self.tokenizer.encode(text) or [eos])[-keep:] for text in prompts_of(model_input)]
+        completions: list[str] = []
+        for start in range(0, len(ids), BATCH):
+            results = generate(
+                self.model,
+                ids[start : start + BATCH],
+                int(p["max_new_tokens"]),
+                greedy=float(p["temperature"]) == 0.0,
+                temperature=float(p["temperature"]) or 1.0,
+                top_k=int(p["top_k"]) or None,
+                top_p=float(p["top_p"]) if float(p["top_p"]) < 1.0 else None,
+                eos_id=eos,
+                seed=int(p["seed"]) + start if int(p["seed"]) >= 0 else None,
+            )
+            completions += [self.tokenizer.decode(r.tokens) for r in results]
+        return completions
+
+
+set_model(GPT2Completions())

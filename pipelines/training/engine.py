@@ -1,0 +1,170 @@
+"""What a training worker builds and runs, one piece each: the model (fresh or from a model
+directory, LoRA, compile), AdamW, the DeepSpeed engine on Ray's process group, one optimizer step,
+an evaluation, the full fp32 weights (any ZeRO stage) and the consolidated model directory.
+The loop (loop.py) strings them together; tests and benchmarks use them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import LoopConfig
+from pipelines.core.cache import DirRef, as_local
+from pipelines.core.faults import FaultHook
+
+
+@dataclass
+class LoopSpec:
+    """Everything a worker needs; built by the launcher, pickled by Ray to every worker."""
+
+    loop: LoopConfig
+    gpt: dict[str, Any]  # gpt2core GPTConfig fields (vocab and architecture resolved)
+    task: Any  # a pipelines.training.task.Task
+    init_model_dir: str | DirRef | None = None  # initial weights (model directory); None = GPT-2 init
+    compile: bool = False
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)  # logged by rank 0 when the run starts fresh
+    fault: FaultHook | None = None
+    label: str = "pretrain"
+    lora: Any = None  # gpt2core.lora.LoraConfig: train only low-rank adapters, merged into the export
+    early_stop_patience: int = 0  # evaluations without a better val loss before stopping; 0 = never
+    async_upload: bool = False  # object-store storage: upload checkpoints while training goes on
+
+
+def build_model(spec: LoopSpec):
+    """The GPT on CPU: GPT-2 init from the seed (identical on every rank), or the init weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from gpt2core.checkpoint import WEIGHTS_FILE, build_model
+    from gpt2core.config import GPTConfig
+    from gpt2core.model import GPT
+
+    torch.manual_seed(spec.loop.seed)
+    config = GPTConfig.from_dict(spec.gpt)
+    if spec.init_model_dir is None:
+        model = GPT(config)
+    else:
+        weights = Path(as_local(spec.init_model_dir)) / WEIGHTS_FILE
+        model = build_model(config, load_file(str(weights)), weights).float()
+    if spec.lora is not None:
+        from gpt2core.lora import apply_lora
+
+        model = apply_lora(model, spec.lora)
+    return model.compile_blocks() if spec.compile else model
+
+
+def make_optimizer(model, loop: LoopConfig):
+    """AdamW on gpt2core's decay / no-decay groups; DeepSpeed's CPU Adam when the optimizer is offloaded."""
+    import torch
+
+    from gpt2core.optim import param_groups
+
+    groups = param_groups(model, loop.weight_decay)
+    betas = (loop.beta1, loop.beta2)
+    if loop.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=loop.lr, betas=betas, eps=1e-8, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=loop.lr, betas=betas, eps=1e-8)
+
+
+def make_engine(spec: LoopSpec, world_size: int, device) -> tuple[Any, str]:
+    """(DeepSpeed engine, resolved precision). deepspeed.initialize finds Ray's process group
+    already initialised and uses it (gloo on CPU, NCCL on GPUs)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    from pipelines.training.deepspeed import deepspeed_config, resolve_precision
+
+    precision = resolve_precision(spec.loop.precision, device.type, get_accelerator().is_bf16_supported())
+    model = build_model(spec).to(device)
+    config = deepspeed_config(spec.loop, world_size, precision, device.type)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(model, spec.loop), config=config)
+    return engine, precision
+
+
+def train_step(engine, source, micro_batch_size: int, lr: float, device) -> tuple[float, float | None]:
+    """One optimizer step over all micro-batches: (loss averaged over micro-batches and ranks, grad norm)."""
+    import torch
+
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    steps = engine.gradient_accumulation_steps()
+    norm = None
+    for micro in range(steps):
+        x, y = source.next_batch(micro_batch_size)
+        _, loss = engine(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        engine.backward(loss)
+        total += loss.detach().float()
+        if micro == steps - 1 and engine.zero_optimization_stage() == 0:
+            norm = _unreduced_grad_norm(engine)  # stage 0 keeps full, already all-reduced gradients
+        engine.step()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+        total /= torch.distributed.get_world_size()
+    ds_norm = engine.get_global_grad_norm()
+    norm = float(ds_norm) if ds_norm is not None else norm
+    return float(total) / steps, norm
+
+
+def _unreduced_grad_norm(engine) -> float | None:
+    import torch
+
+    grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else None
+
+
+def full_state_dict(engine, rank: int) -> dict[str, Any]:
+    """Collective: the full fp32 weights on rank 0 (empty elsewhere), whatever the ZeRO stage.
+
+    DeepSpeed assembles each parameter's fp32 master copy across the ranks' partitions; without a
+    master copy (ZeRO 0 in fp32) the module parameter is the full weight."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = {}
+    for name, param in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        if rank == 0:
+            tensor = full if full is not None else param
+            state[name] = tensor.detach().float().cpu().clone()
+    return state
+
+
+def evaluate_engine(engine, spec: LoopSpec, rank: int, world_size: int, device, tokens_per_byte):
+    import torch
+
+    from gpt2core.evaluate import evaluate, model_loss_fn
+
+    loop = spec.loop
+    batches = spec.task.eval_batches(
+        rank, world_size, spec.gpt["block_size"], loop.micro_batch_size, loop.eval_batches
+    )
+    engine.eval()
+    try:
+        return evaluate(
+            model_loss_fn(engine), batches, tokens_per_byte, device, torch.distributed.is_initialized()
+        )
+    finally:
+        engine.train()
+
+
+MODEL_DIR = "model"  # inside the final checkpoint: the consolidated model, as models/<run>/ gets it
+
+
+def write_model(state_dict: dict[str, Any], spec: LoopSpec, target: str | Path) -> None:
+    """config.json + model.safetensors + the tokenizer files into `target`."""
+    from gpt2core.checkpoint import save_state_dict
+    from gpt2core.config import GPTConfig
+    from gpt2core.tokenizer import load_tokenizer
+
+    if spec.lora is not None:
+        from gpt2core.lora import merged_state_dict
+
+        state_dict = merged_state_dict(state_dict, spec.lora)
+    save_state_dict(state_dict, GPTConfig.from_dict(spec.gpt), target)
+    load_tokenizer(as_local(spec.task.tokenizer_dir)).save_to(target)

@@ -1,0 +1,256 @@
+"""Stage `finetune`: pretraining's machinery (training/launch.py, training/loop.py) on new data.
+
+Only what differs from pretraining lives here: where the initial model comes from (the pipeline's
+`pretrain` output, a registry URI resolved to its version, a models/<run>/ directory, or a Hugging
+Face GPT-2 directory imported with its own BPE tokenizer), the data (JSONL pairs with the loss on
+the completion, a text file, pairs made from the demo corpus, or the pipeline's shards), optional
+LoRA and early stopping, and lineage tags on the new registered version (parent model, dataset
+digest). The champion gate is pretraining's, evaluated on the fine-tuning val set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Config
+from pipelines.core.cache import DirRef, file_identity, user_file
+from pipelines.core.hashing import sha256_path
+from pipelines.core.workflow import Stage, StageContext
+from pipelines.core.workspace import Workspace, uri_basename
+from pipelines.errors import UserError
+from pipelines.registry.models import registry_version
+from pipelines.training.launch import run_name
+
+DEMO_PAIRS = "demo:corpus-pairs"  # finetune.data: pairs made from the pipeline's corpus
+DATA_DIR = "data"  # in checkpoints/<run>/: the tokenized rows and the val pairs
+
+
+def finetune_stage() -> Stage:
+    return Stage(
+        "finetune",
+        run_finetune,
+        sections=("model", "finetune"),
+        inputs=finetune_inputs,
+        output_dir=lambda cfg, fp: f"models/{run_name(cfg.finetune, 'finetune', fp)}",
+        fingerprint_extra=_sources_identity,
+        enabled=lambda cfg: cfg.finetune.enabled,
+        summary="fine-tune a registered, pretrained or Hugging Face GPT-2; register it in MLflow",
+    )
+
+
+def finetune_inputs(cfg: Config) -> tuple[str, ...]:
+    f = cfg.finetune
+    names = () if f.init_from else ("pretrain",)
+    if f.data is None and not cfg.train.shards:
+        names += ("tokenizer", "shards")
+    elif f.data == DEMO_PAIRS:
+        names += ("corpus",)
+    return names
+
+
+def _sources_identity(cfg: Config, ws: Workspace) -> Any:
+    """What the config's strings do not say: the content of a data file and of a model directory."""
+    from pipelines.training.pretrain import explicit_shards_identity
+
+    f = cfg.finetune
+    data = file_identity(f.data, DEMO_PAIRS, "finetune.data")
+    init = None
+    if f.init_from and ":/" not in f.init_from:
+        config = Path(f.init_from).expanduser() / "config.json"
+        weights = list(config.parent.glob("*.safetensors")) + list(config.parent.glob("*.bin"))
+        stat = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(weights)]
+        init = {"config": sha256_path(config) if config.is_file() else None, "weights": stat}
+    shards = explicit_shards_identity(cfg, ws) if f.data is None else None
+    return {"data": data, "init": init, "shards": shards}
+
+
+# --- the initial model ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InitModel:
+    dir: Path  # a gpt2core model directory with its tokenizer files, on the driver
+    ref: DirRef  # the same files where every worker reads them (the workspace)
+    lineage: dict[str, str]  # parent_model_uri, parent_model_version (registry versions only)
+
+
+def resolve_init_model(ctx: StageContext) -> InitModel:
+    from gpt2core.hf import import_hf, is_hf_dir
+    from pipelines.core.cache import staging_dir
+    from pipelines.training.pretrain import resolve_init, stage_init
+
+    loop, key = ctx.cfg.finetune, "config key 'finetune.init_from'"
+    if not loop.init_from:
+        pretrain = ctx.inputs["pretrain"]
+        lineage = {"parent_model_uri": pretrain.manifest["registered_uri"]}
+        lineage["parent_model_version"] = str(pretrain.manifest["version"])
+        ref = DirRef.of(ctx.ws, pretrain.dir, pretrain.manifest)
+        return InitModel(ref.local(), ref, lineage)
+    if loop.init_from.startswith("models:/"):
+        uri, version = registry_version(loop.init_from)
+        directory = resolve_init(loop.model_copy(update={"init_from": uri}), "finetune")
+        lineage = {"parent_model_uri": loop.init_from, "parent_model_version": version}
+    elif is_hf_dir(path := Path(loop.init_from).expanduser()):
+        try:
+            directory = import_hf(path, Path(staging_dir("hf-import-")))
+        except ValueError as exc:
+            raise UserError(f"{key}: {exc}") from None
+        lineage = {"parent_model_uri": str(path.resolve()), "parent_model_version": "none"}
+    else:
+        directory = resolve_init(loop, "finetune")
+        lineage = {"parent_model_uri": str(directory.resolve()), "parent_model_version": "none"}
+    return InitModel(directory, stage_init(ctx, loop, directory), lineage)
+
+
+def tokenizer_identity(tokenizer) -> str:
+    digest = hashlib.sha256()
+    for name, path in sorted(tokenizer.files.items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+# --- the data ------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    task: Any  # a train_task.Task
+    gate: Any  # registry.GateData or finetune_task.PairsGate
+    gpt: dict
+    info: dict  # counts for the manifest
+    source: str  # the data file (or shards dir)
+    digest: str  # sha256 of the data
+
+
+def prepare_data(ctx: StageContext, init: InitModel) -> Prepared:
+    from gpt2core.tokenizer import load_tokenizer
+    from pipelines.core.cache import discard_staging, staging_dir
+    from pipelines.registry.models import gate_resources
+    from pipelines.training.finetune import data as finetune_data
+    from pipelines.training.finetune.task import FinetuneTask, PairsGate
+    from pipelines.training.launch import run_rel
+    from pipelines.training.pretrain import init_config
+
+    loop = ctx.cfg.finetune
+    if loop.data is None:
+        return _shards_data(ctx, init)
+    gpt = init_config(ctx.cfg, init.dir, "finetune").to_dict()
+    try:
+        tokenizer = load_tokenizer(init.dir)
+    except ValueError as exc:
+        raise UserError(f"config key 'finetune.init_from': {exc}") from None
+    work = Path(staging_dir("finetune-data-"))
+    source = _data_file(ctx, work)
+    build = finetune_data.build_pairs if source.suffix in (".jsonl", ".json") else finetune_data.build_text
+    try:
+        info = build(source, tokenizer, gpt["block_size"], loop.val_fraction, work / DATA_DIR)
+    except ValueError as exc:
+        raise UserError(f"config key 'finetune.data': {source}: {exc}") from None
+    if info["splits"]["train"]["rows"] < loop.num_workers:
+        raise UserError(f"config key 'finetune.data': {source} has fewer training rows than workers")
+    # The rows go where every worker (and the generate stage) reads them: the run's directory.
+    data_rel = f"{run_rel(ctx, loop)}/{DATA_DIR}"
+    data = DirRef(ctx.ws.full_uri(data_rel), ctx.ws.upload_dir(work / DATA_DIR, data_rel))
+    task = FinetuneTask(
+        data,
+        init.ref,
+        tokenizer_identity(tokenizer),
+        tokenizer.vocab_size,
+        info["splits"]["val"]["tokens_per_byte"],
+    )
+    gate = PairsGate(data, **gate_resources(loop))
+    info["data_dir"], info["data_files"] = data_rel, data.files
+    named = data.uri if loop.data == DEMO_PAIRS else loop.data  # not the driver's local copy
+    digest = sha256_path(source)
+    discard_staging(work)  # the rows are in the workspace now
+    return Prepared(task, gate, gpt, info, named, digest)
+
+
+def _data_file(ctx: StageContext, work: Path) -> Path:
+    """finetune.data as a local file; demo:corpus-pairs is written from the corpus first."""
+    loop = ctx.cfg.finetune
+    if loop.data != DEMO_PAIRS:
+        return user_file(loop.data, "finetune.data")
+    import pyarrow.parquet as pq
+
+    from pipelines.training.finetune import data as finetune_data
+
+    corpus = ctx.inputs["corpus"].dir
+    files = sorted(f for f in ctx.ws.list_files(f"{corpus}/data") if f.endswith(".parquet"))
+    paths = [ctx.ws.path(f"{corpus}/data/{f}") for f in files]
+    table = pq.read_table(paths, columns=["id", "text"], filesystem=ctx.ws.fs)
+    table = table.sort_by("id")  # a stable order, whatever the corpus stage's file layout
+    pairs = finetune_data.demo_pairs(table.column("text").to_pylist(), loop.demo_pairs)
+    path = work / "demo-pairs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finetune_data.write_pairs(pairs, path)
+    ctx.log(f"[finetune] {len(pairs)} prompt/completion pairs from the corpus -> {path}")
+    return path
+
+
+def _shards_data(ctx: StageContext, init: InitModel) -> Prepared:
+    """Continued pretraining on the pipeline's shards (or train.shards): pretraining's task and gate."""
+    from pipelines.core.manifest import manifest_digest
+    from pipelines.registry.models import GateData, gate_resources
+    from pipelines.training.pretrain import check_windows, resolve_model, resolve_shards
+    from pipelines.training.task import PretrainTask
+
+    loop = ctx.cfg.finetune
+    shards = resolve_shards(ctx)
+    gpt = resolve_model(ctx.cfg, shards.vocab_size, shards.tokenizer_sha256, init.dir, "finetune")
+    check_windows(shards, gpt["block_size"], loop, "finetune")
+    task = PretrainTask(shards.ref, shards.tokenizer, shards.tokenizer_sha256, shards.vocab_size, "finetune")
+    gate = GateData(shards.ref, shards.tokenizer, **gate_resources(loop))
+    info = {"format": "shards", "splits": shards.manifest["splits"]}
+    return Prepared(task, gate, gpt, info, shards.dir, manifest_digest(shards.manifest))
+
+
+def data_dataset(prepared: Prepared) -> tuple:
+    """The fine-tuning data as an MLflow dataset input of the run (lineage), with its counts as tags."""
+    from pipelines.runtime import tracking
+
+    name = f"finetune/{uri_basename(prepared.source)}"
+    dataset = tracking.meta_dataset(prepared.source, name, prepared.digest)
+    splits = prepared.info["splits"]
+    tags = {
+        "format": prepared.info["format"],
+        **{f"{s}_rows": str(v.get("rows", "")) for s, v in splits.items()},
+    }
+    return dataset, tags
+
+
+# --- the stage -----------------------------------------------------------------------------------
+def run_finetune(ctx: StageContext) -> dict[str, Any]:
+    from gpt2core.lora import LoraConfig
+    from pipelines.core.cache import discard_staging
+    from pipelines.training.launch import prepare, publish, train
+
+    loop = ctx.cfg.finetune
+    init = resolve_init_model(ctx)
+    prepared = prepare_data(ctx, init)
+    info = prepared.info
+    if info.get("rejects") or info.get("truncated"):
+        ctx.log(
+            f"[finetune] data: {info.get('rejects')} rejected lines, {info.get('truncated')} truncated prompts"
+        )
+    lora = LoraConfig(loop.lora_rank, loop.lora_alpha) if loop.lora_rank else None
+    launch = prepare(
+        ctx,
+        loop,
+        "finetune",
+        prepared.task,
+        prepared.gpt,
+        init.ref,
+        data_dataset(prepared),
+        lora=lora,
+        early_stop_patience=loop.early_stop_patience,
+    )
+    discard_staging(init.dir)  # a download or an import: the workers read the workspace copy
+    summary, checkpoint = train(launch, ctx.log)
+    lineage = {
+        **init.lineage,
+        "dataset": prepared.source,
+        "dataset_digest": prepared.digest,
+        "lora_rank": str(loop.lora_rank),
+    }
+    result = publish(ctx, launch, summary, checkpoint, prepared.gate, tags=lineage)
+    return {**result, "lineage": lineage, "data": info, "model": prepared.gpt}

@@ -1,0 +1,348 @@
+"""Launching a training run on Ray Train V2, shared by pretraining and fine-tuning.
+
+prepare()  checks DeepSpeed options and what the cluster can place, names the run stably
+           (`<loop>.run_name`, or `<stage>-<fingerprint[:12]>`) with storage
+           `<workspace>/checkpoints/`, refuses to resume checkpoints of another model or layout,
+           and picks the MLflow run that continues the curves;
+train()    runs the TorchTrainer (FailureConfig restarts lost workers from the last checkpoint) -
+           or nothing, when the run's last checkpoint is already the finished one;
+publish()  copies the consolidated model out of the final checkpoint into the stage's output dir,
+           logs it to MLflow as a pyfunc model (into the run with the curves and the data
+           lineage), registers it and gates the `champion` alias; returns the manifest entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import LoopConfig
+from pipelines.core.cache import DirRef
+from pipelines.core.workflow import StageContext
+from pipelines.core.workspace import Workspace
+from pipelines.errors import UserError, user_error_in
+
+CHECKPOINTS = "checkpoints"
+RUN_RECORD = "run.json"  # next to Ray Train's files in checkpoints/<run>/: what the run was started with
+# What must not change when a run resumes from its checkpoints (the rest may, e.g. max_steps).
+RESUME_KEYS = (
+    "gpt",
+    "num_workers",
+    "zero_stage",
+    "micro_batch_size",
+    "global_batch_size",
+    "tokenizer_sha256",
+)
+
+
+def run_name(loop: LoopConfig, stage: str, fingerprint: str) -> str:
+    """Stable across resubmissions of the same config, so Ray Train finds the run's checkpoints."""
+    return loop.run_name or f"{stage}-{fingerprint[:12]}"
+
+
+def run_rel(ctx: StageContext, loop: LoopConfig) -> str:
+    """The run's directory in the workspace: Ray Train's storage for it, and the run's own files."""
+    return f"{CHECKPOINTS}/{run_name(loop, ctx.stage, ctx.fingerprint)}"
+
+
+# --- cluster -------------------------------------------------------------------------------------
+def check_cluster(loop: LoopConfig, section: str) -> None:
+    """Fail now, in one line, when the workers can never be placed (Ray would wait forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    per_worker = {"CPU": float(loop.cpus_per_worker), "GPU": 1.0 if loop.use_gpu else 0.0}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    placeable = sum(
+        int(min(node.get(r, 0.0) // need for r, need in per_worker.items() if need)) for node in nodes
+    )
+    if placeable >= loop.num_workers:
+        return
+    want = f"{loop.num_workers} workers x ({loop.cpus_per_worker} CPU" + (", 1 GPU)" if loop.use_gpu else ")")
+    have = f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs on {len(nodes)} node(s)"
+    key = "use_gpu" if loop.use_gpu and not total.get("GPU") else "num_workers"
+    raise UserError(f"config key '{section}.{key}': {want} cannot be placed on this Ray cluster ({have})")
+
+
+# --- the run's past: checkpoints and record ------------------------------------------------------
+def latest_checkpoint(ws: Workspace, rel: str) -> tuple[Any, int] | None:
+    """(Ray Checkpoint, its step) of the run's latest checkpoint, or None when it has none."""
+    from ray.train import Result
+
+    if not ws.exists(f"{rel}/checkpoint_manager_snapshot.json"):
+        return None
+    try:
+        result = Result.from_path(ws.path(rel), storage_filesystem=ws.fs)
+    except RuntimeError:
+        return None
+    if result.checkpoint is None or not result.metrics:
+        return None
+    return result.checkpoint, int(result.metrics["step"])
+
+
+def check_resumable(record: dict | None, current: dict, run: str, section: str) -> None:
+    changed = [k for k in RESUME_KEYS if record is not None and record.get(k) != current.get(k)]
+    if changed:
+        raise UserError(
+            f"config key '{section}.run_name': run {run!r} has checkpoints made with other "
+            f"{', '.join(changed)}; choose a new {section}.run_name or restore those settings"
+        )
+
+
+def training_run_id(record: dict | None, resuming: bool, stage_run_id: str | None) -> str | None:
+    """The MLflow run that holds the training curves: the run's own when it resumes (and that run
+    still exists on this tracking server), else this stage's run."""
+    previous = (record or {}).get("mlflow_run_id")
+    if not resuming or not previous or previous == stage_run_id:
+        return stage_run_id
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(previous)
+    except MlflowException:
+        return stage_run_id
+    return previous
+
+
+# --- launch --------------------------------------------------------------------------------------
+@dataclass
+class Launch:
+    """A training run ready to start: the loop's spec, where its checkpoints live, where it stands."""
+
+    spec: Any  # engine.LoopSpec
+    name: str
+    ws: Workspace
+    rel: str  # checkpoints/<run> in the workspace
+    latest: tuple[Any, int] | None  # (checkpoint, step) to resume from
+
+    @property
+    def finished(self) -> bool:
+        """The last checkpoint is the final one and holds the consolidated model: nothing to train."""
+        import pyarrow.fs as pafs
+
+        from pipelines.training.engine import MODEL_DIR
+
+        if self.latest is None or self.latest[1] < self.spec.loop.max_steps:
+            return False
+        checkpoint = self.latest[0]
+        info = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{MODEL_DIR}/config.json")
+        return info.type == pafs.FileType.File
+
+
+def prepare(
+    ctx: StageContext,
+    loop: LoopConfig,
+    section: str,
+    task: Any,
+    gpt: dict,
+    init_model: DirRef | None,
+    dataset: tuple | None = None,
+    **spec_options: Any,
+) -> Launch:
+    """Everything before the workers start: checks, run name, run record, MLflow run. `dataset`
+    (an mlflow.data dataset, its tags) is logged as the run's training input when the run starts;
+    `spec_options` are further LoopSpec fields (fine-tuning: lora, early_stop_patience)."""
+    import mlflow
+
+    from pipelines.core.faults import step_fault
+    from pipelines.runtime import tracking
+    from pipelines.training.deepspeed import check_combination
+    from pipelines.training.engine import LoopSpec
+
+    check_combination(loop, section)
+    check_cluster(loop, section)
+    name, rel = run_name(loop, ctx.stage, ctx.fingerprint), run_rel(ctx, loop)
+    record_rel = f"{rel}/{RUN_RECORD}"
+    record = ctx.ws.read_json(record_rel) if ctx.ws.exists(record_rel) else None
+    current = {
+        "gpt": gpt,
+        "num_workers": loop.num_workers,
+        "zero_stage": loop.zero_stage,
+        "micro_batch_size": loop.micro_batch_size,
+        "global_batch_size": loop.global_batch_size,
+        "tokenizer_sha256": getattr(task, "tokenizer_sha256", None),
+    }
+    latest = latest_checkpoint(ctx.ws, rel)
+    if latest is not None:
+        check_resumable(record, current, name, section)
+    run_id = training_run_id(record, latest is not None, ctx.mlflow_run_id)
+    ctx.ws.write_json(record_rel, {**current, "mlflow_run_id": run_id})
+    if ctx.mlflow_run_id and run_id != ctx.mlflow_run_id:
+        mlflow.set_tag("training_run_id", run_id)  # this stage run continues an earlier run's curves
+    if dataset is not None and latest is None:
+        mlflow.log_input(dataset[0], context="training", tags=dataset[1])  # lineage, once per run
+    spec = LoopSpec(
+        loop=loop,
+        gpt=gpt,
+        task=task,
+        init_model_dir=init_model,
+        compile=ctx.cfg.model.compile,
+        tracking_uri=mlflow.get_tracking_uri(),
+        mlflow_run_id=run_id,
+        params=tracking.safe_params(ctx.cfg.model_dump(mode="json")),
+        fault=step_fault(ctx.ws.full_uri(rel)),
+        label=ctx.stage,
+        async_upload=not ctx.ws.is_local,
+        **spec_options,
+    )
+    where = f"resuming from the checkpoint of step {latest[1]}" if latest else "starting"
+    ctx.log(f"[{ctx.stage}] run {name!r} {where}; checkpoints in {ctx.ws.full_uri(rel)}")
+    return Launch(spec, name, ctx.ws, rel, latest)
+
+
+def train(launch: Launch, log=print) -> tuple[dict[str, Any], Any]:
+    """(rank 0's summary, the final checkpoint): train to max_steps, unless that was done before."""
+    if launch.finished:
+        checkpoint, step = launch.latest
+        log(f"[{launch.spec.label}] run {launch.name!r} finished at step {step} before: not training again")
+        return {"start_step": step, "timing": {}}, checkpoint
+    return fit(launch)
+
+
+def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
+    """Run the TorchTrainer to the end. A worker-side UserError stays a one-line UserError."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.training.loop import train_worker
+
+    loop = launch.spec.loop
+    resources = {"CPU": loop.cpus_per_worker, **({"GPU": 1} if loop.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": launch.spec},
+        scaling_config=ScalingConfig(
+            num_workers=loop.num_workers, use_gpu=loop.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=launch.name,
+            storage_path=launch.ws.path(CHECKPOINTS),
+            storage_filesystem=None if launch.ws.is_local else launch.ws.fs,
+            failure_config=FailureConfig(max_failures=loop.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=loop.keep_checkpoints),
+        ),
+    )
+    submitted = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - a worker's UserError is the user's answer, one line
+        cause = _worker_user_error(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    summary = result.return_value
+    if not summary or result.checkpoint is None:
+        raise RuntimeError(f"training run {launch.name!r} ended without its final checkpoint")
+    timing = summary["timing"]
+    first_step = timing.pop("first_step_end", None)  # absent when nothing was left to train
+    timing["submit_to_worker_s"] = timing.pop("worker_start") - submitted
+    if first_step is not None:
+        timing["submit_to_first_step_s"] = first_step - submitted
+    timing["fit_s"] = time.time() - submitted
+    return summary, result.checkpoint
+
+
+def _worker_user_error(exc: BaseException) -> UserError | None:
+    for failure in getattr(exc, "worker_failures", {}).values():
+        if found := user_error_in(failure):
+            return found
+    return None
+
+
+# --- publish -------------------------------------------------------------------------------------
+def collect(checkpoint: Any, out_dir: Path) -> dict[str, Any]:
+    """Copy the consolidated model out of the final checkpoint (only that: not the optimizer
+    states) into a local directory; rank 0's final training state."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from pipelines.training.checkpoint import rank_state_rel
+    from pipelines.training.engine import MODEL_DIR
+
+    fs, root = checkpoint.filesystem, checkpoint.path
+    if fs.get_file_info(f"{root}/{MODEL_DIR}/config.json").type != pafs.FileType.File:
+        raise RuntimeError(f"checkpoint {root} holds no consolidated model ({MODEL_DIR}/)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(f"{root}/{MODEL_DIR}", str(out_dir), source_filesystem=fs)
+    with fs.open_input_stream(f"{root}/{rank_state_rel(0)}", compression=None) as f:
+        return json.loads(f.read())
+
+
+def publish(
+    ctx: StageContext,
+    launch: Launch,
+    summary: dict,
+    checkpoint: Any,
+    gate: Any | None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The model into models/<run>/, MLflow (training run), the registry (with `tags` on the new
+    version, e.g. fine-tuning's lineage), and - with a registry.GateData - the champion gate."""
+    from pipelines.core.cache import staging_dir
+
+    model_dir = Path(staging_dir("model-"))
+    try:
+        final = collect(checkpoint, model_dir)
+        files = ctx.ws.upload_dir(model_dir, ctx.out)  # files first; the runner writes the manifest last
+        result = _register(ctx, launch, model_dir, DirRef(ctx.ws.full_uri(ctx.out), files), gate, tags)
+        # The manifest's checksums, from the local copy: the runner need not read the upload back.
+        result["files"] = {
+            n: {"bytes": (model_dir / n).stat().st_size, "sha256": h} for n, h in files.items()
+        }
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return {
+        **result,
+        "run_name": launch.name,
+        "checkpoints": launch.rel,
+        "resumed_from_step": summary["start_step"],
+        "steps": final["step"],
+        "tokens": final["tokens"],
+        "val": final["val"],
+        "precision": final["precision"],
+        "world_size": final["world_size"],
+        "grad_accum_steps": final["grad_accum_steps"],
+        "timing": {k: round(v, 3) for k, v in summary["timing"].items()},
+    }
+
+
+def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tags) -> dict[str, Any]:
+    """Log the model to the training run, register a version, run the gate on the published copy."""
+    import mlflow
+
+    from pipelines.registry import models as registry
+
+    run_id = launch.spec.mlflow_run_id
+    active = mlflow.active_run()
+    switch = active is None or active.info.run_id != run_id
+    with mlflow.start_run(run_id=run_id, nested=active is not None) if switch else contextlib.nullcontext():
+        model_uri = registry.log_model(model_dir)
+    name = ctx.cfg.mlflow.registered_model
+    tags = {"run_name": launch.name, "stage": ctx.stage, "mlflow_run_id": run_id or "", **(tags or {})}
+    version = registry.register(model_uri, name, tags)
+    decision = registry.champion_gate(name, version, published, gate) if gate is not None else None
+    ctx.log(
+        f"[{ctx.stage}] registered {name} version {version} ({registry.latest_uri(name)}){_verdict(decision)}"
+    )
+    return {
+        "mlflow_run_id": run_id,
+        "model_uri": model_uri,
+        "registered_model": name,
+        "version": version,
+        "registered_uri": f"models:/{name}/{version}",
+        "champion": decision,
+    }
+
+
+def _verdict(decision: dict | None) -> str:
+    if decision is None:
+        return ""
+    champion = "none" if decision["champion_bpb"] is None else f"{decision['champion_bpb']:.4f}"
+    verdict = "is the new champion" if decision["promoted"] else "did not beat the champion"
+    return f"; it {verdict} (val bpb {decision['candidate_bpb']:.4f} vs {champion})"

@@ -1,0 +1,268 @@
+"""The per-worker training loop, shared by pretraining and fine-tuning: one copy, driven by a Task.
+
+Each Ray Train worker builds the gpt2core model (fresh, or initialised from a model directory),
+wraps it in a DeepSpeed engine (ZeRO 0-3, offload, precision, micro batch, gradient accumulation,
+clipping: pipelines/training/deepspeed.py) that reuses Ray's process group, and trains with AdamW on
+gpt2core's parameter groups and warmup + cosine learning rate. Every N steps it evaluates, every N
+steps it checkpoints (pipelines/training/checkpoint.py) and reports to Ray Train; a restarted worker
+resumes from `ray.train.get_checkpoint()` at exactly the next batch. Rank 0 logs to MLflow and
+prints progress. At the last step all ranks gather the full fp32 weights (any ZeRO stage) and rank
+0 puts the consolidated model directory into the final checkpoint, from which the launcher
+publishes it; so a finished run never needs its workers again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.cache import staging_dir
+from pipelines.training.checkpoint import TrainState
+from pipelines.training.engine import (
+    MODEL_DIR,
+    LoopSpec,
+    evaluate_engine,
+    full_state_dict,
+    make_engine,
+    train_step,
+    write_model,
+)
+from pipelines.training.metrics import MetricsLog, Progress, memory_mb, say
+
+METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_mb", "tokens")
+EVAL_KEYS = ("val_loss", "val_ppl", "val_bpb")
+WARMUP_STEPS = 3  # steps after a (re)start that the steady-state timing leaves out
+KEEP_STEP_TIMES = 2000  # per-step seconds returned to the launcher (benchmarks take their median)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train's train_loop_per_worker: config = {"spec": LoopSpec}. Returns rank 0's timings; the
+    results (consolidated model, final state) are in the run's last checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    return Worker(config["spec"], rank, world_size, ray.train.torch.get_device()).run()
+
+
+class Worker:
+    def __init__(self, spec: LoopSpec, rank: int, world_size: int, device):
+        self.spec, self.loop, self.rank, self.world_size, self.device = (
+            spec,
+            spec.loop,
+            rank,
+            world_size,
+            device,
+        )
+        self.block_size = spec.gpt["block_size"]
+        self.tokens_per_step = self.loop.global_batch_size * self.block_size
+        self.timing: dict[str, float] = {"worker_start": time.time()}
+        self.last_eval: dict[str, Any] | None = None
+        self.step_metrics: dict[str, float] = {}
+        self.step_seconds: list[float] = []
+        self.state = TrainState()  # replaced by the fresh or restored state in run()
+
+    def run(self) -> dict[str, Any] | None:
+        started = time.perf_counter()
+        spec, loop, rank = self.spec, self.loop, self.rank
+        self.engine, self.precision = make_engine(spec, self.world_size, self.device)
+        self.timing["engine_s"] = time.perf_counter() - started
+        self.timing["torch_threads"] = _torch_threads()
+        self.source = spec.task.train_source(rank, self.world_size, self.block_size, loop.seed)
+        self.tokens_per_byte = spec.task.eval_tokens_per_byte()
+        state, resumed = self._restore()
+        self.state = state  # evaluations record early stopping in it, checkpoints save it
+        start_step = state.step
+        tick = time.perf_counter()
+        self.metrics = self._metrics_log(state, fresh=not resumed) if rank == 0 else _NoMetrics()
+        self.timing["mlflow_setup_s"] = time.perf_counter() - tick
+        if not resumed:
+            self._eval_and_log(state.step)  # the starting point of the val curve
+        self.timing["setup_s"] = time.perf_counter() - started
+        if state.step < loop.max_steps and not self._stop_early():
+            self._train(state, start_step)
+        else:  # finished (or stopped early) before, but its last checkpoint lacks the model: write it now
+            self._checkpoint(state, final=True)
+        self.timing["worker_s"] = time.perf_counter() - started
+        if rank != 0:
+            return None
+        return {"start_step": start_step, "timing": self.timing, "step_seconds": self.step_seconds}
+
+    def _restore(self) -> tuple[TrainState, bool]:
+        """(state, resumed): from Ray Train's latest checkpoint when the run has one."""
+        import ray.train
+
+        from pipelines.training import checkpoint as train_checkpoint
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return TrainState(mlflow_run_id=self.spec.mlflow_run_id), False
+        with checkpoint.as_directory() as directory:
+            state = train_checkpoint.restore(self.engine, directory, self.rank, self.source)
+            self.last_eval = train_checkpoint.read_rank_state(directory, self.rank).get("val")
+        state.mlflow_run_id = self.spec.mlflow_run_id  # the launcher decides which run continues
+        if self.rank == 0:
+            self._say(f"[{self.spec.label}] resumed from the checkpoint of step {state.step}")
+        return state, True
+
+    def _train(self, state: TrainState, start_step: int) -> None:
+        from gpt2core.config import GPTConfig
+        from gpt2core.flops import flops_per_token
+        from gpt2core.optim import lr_at
+
+        loop, rank = self.loop, self.rank
+        flops = flops_per_token(GPTConfig.from_dict(self.spec.gpt), self.block_size)
+        peak = self._peak_flops() if rank == 0 else None
+        progress = Progress(loop.max_steps, start_step, f"[{self.spec.label}]")
+        while state.step < loop.max_steps and not self._stop_early():
+            tick = time.perf_counter()
+            lr = lr_at(state.step, loop.lr, loop.warmup_steps, loop.max_steps, loop.min_lr_ratio)
+            loss, norm = train_step(self.engine, self.source, loop.micro_batch_size, lr, self.device)
+            state.step += 1
+            state.tokens += self.tokens_per_step
+            self._time_step(time.perf_counter() - tick, state.step - start_step)
+            if self.spec.fault is not None:
+                self.spec.fault.maybe_fire(state.step, rank)
+            if rank == 0:
+                speed = self.tokens_per_step / (time.perf_counter() - tick)
+                self.step_metrics = {"loss": loss, "lr": lr, "tokens_per_s": speed}
+                if peak:
+                    self.step_metrics["mfu"] = speed * flops / (peak * self.world_size)
+                extra = {"grad_norm": norm, "memory_mb": memory_mb(self.device), "tokens": state.tokens}
+                self.metrics.log(state.step, {**self.step_metrics, **extra})
+            evaluated = state.step % loop.eval_interval == 0 or state.step == loop.max_steps
+            if evaluated:
+                self._eval_and_log(state.step)
+            last = state.step == loop.max_steps or self._stop_early()
+            if rank == 0 and last and state.step < loop.max_steps:
+                self._say(f"[{self.spec.label}] early stop at step {state.step}: val loss did not improve")
+            if rank == 0 and (state.step % loop.log_interval == 0 or evaluated):
+                self._say(progress.line(state.step, {**self.step_metrics, **self._eval_metrics(evaluated)}))
+                self.metrics.flush()
+            if state.step % loop.checkpoint_interval == 0 or last:
+                self._checkpoint(state, final=last)
+
+    def _time_step(self, seconds: float, steps_done: int) -> None:
+        """Step timings for throughput: the first steps (warm-up: allocator, thread pools) apart."""
+        self.timing.setdefault("first_step_end", time.time())
+        if steps_done > WARMUP_STEPS:
+            self.timing["steady_steps"] = self.timing.get("steady_steps", 0) + 1
+            self.timing["steady_step_s"] = self.timing.get("steady_step_s", 0.0) + seconds
+            if len(self.step_seconds) < KEEP_STEP_TIMES:
+                self.step_seconds.append(seconds)
+
+    def _eval_and_log(self, step: int) -> None:
+        result = evaluate_engine(
+            self.engine, self.spec, self.rank, self.world_size, self.device, self.tokens_per_byte
+        )
+        self.last_eval = {"step": step, **result.as_dict()}
+        self.state.record_eval(result.loss)  # the same all-reduced loss on every rank
+        self.metrics.log(step, result.metrics())
+        if self.rank == 0 and step == 0:
+            self._say(f"[{self.spec.label}] step 0 {result.summary()}")
+            self.metrics.flush()
+
+    def _eval_metrics(self, current: bool = True) -> dict[str, float]:
+        from gpt2core.evaluate import EvalResult
+
+        if not (current and self.last_eval):
+            return {}
+        return EvalResult(**{k: v for k, v in self.last_eval.items() if k != "step"}).metrics()
+
+    def _stop_early(self) -> bool:
+        return self.state.stalled(self.spec.early_stop_patience)
+
+    def _checkpoint(self, state: TrainState, final: bool) -> None:
+        """Collective. The final checkpoint also holds the consolidated model (rank 0's part)."""
+        import ray.train
+
+        from pipelines.training import checkpoint as train_checkpoint
+
+        tick = time.perf_counter()
+        extra = {
+            "val": self.last_eval,
+            "world_size": self.world_size,
+            "precision": self.precision,
+            "grad_accum_steps": self.engine.gradient_accumulation_steps(),
+            "node_id": _node_id(),
+        }
+        # A local staging directory that Ray Train deletes once the checkpoint is in storage.
+        directory = staging_dir("ckpt-")
+        train_checkpoint.save(self.engine, directory, self.rank, state, self.source, extra)
+        if final:
+            weights = full_state_dict(self.engine, self.rank)  # every rank: gathers partitions
+            if self.rank == 0:
+                self._say(f"[{self.spec.label}] consolidated the weights (ZeRO stage {self.loop.zero_stage})")
+                write_model(weights, self.spec, Path(directory) / MODEL_DIR)
+        self.metrics.flush()  # every step up to the checkpoint is in MLflow before it counts
+        fresh_eval = self.last_eval is not None and self.last_eval["step"] == state.step  # not stale
+        metrics = {"step": state.step, "tokens": state.tokens, **self._eval_metrics(fresh_eval)}
+        # The final checkpoint holds the model the launcher publishes: it is in storage when fit ends.
+        mode = "ASYNC" if self.spec.async_upload and not final else "SYNC"
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode[mode],
+            delete_local_checkpoint_after_upload=True,
+        )
+        kind = "final_checkpoint" if final else "checkpoint"  # the final one also consolidates
+        self.timing[f"{kind}_s"] = self.timing.get(f"{kind}_s", 0.0) + time.perf_counter() - tick
+        self.timing[f"{kind}s"] = self.timing.get(f"{kind}s", 0) + 1
+
+    def _metrics_log(self, state: TrainState, fresh: bool):
+        if not (self.spec.tracking_uri and state.mlflow_run_id):
+            return _NoMetrics()
+        metrics = MetricsLog(self.spec.tracking_uri, state.mlflow_run_id, (*METRIC_KEYS, *EVAL_KEYS))
+        if fresh and self.spec.params:
+            resolved = {
+                "precision": self.precision,
+                "world_size": self.world_size,
+                "grad_accum_steps": self.engine.gradient_accumulation_steps(),
+                "tokens_per_step": self.tokens_per_step,
+                "n_params": sum(p.numel() for p in self.engine.module.parameters()),
+                "device": self.device.type,
+            }
+            metrics.log_params({**self.spec.params, **{f"resolved.{k}": str(v) for k, v in resolved.items()}})
+        return metrics
+
+    def _peak_flops(self) -> float:
+        """The device's matmul FLOP/s in the training dtype, measured once per (re)start on rank 0."""
+        import torch
+
+        from gpt2core.flops import measure_peak_flops
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        size = 1024 if self.device.type == "cpu" else 4096
+        return measure_peak_flops(dtype, device=str(self.device), size=size)
+
+    @staticmethod
+    def _say(line: str) -> None:
+        say(line)
+
+
+class _NoMetrics:
+    """Stands in for MetricsLog on ranks other than 0 and in runs without MLflow tracking."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (benchmarks): no node id
+        return None

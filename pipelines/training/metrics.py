@@ -1,0 +1,101 @@
+"""Rank 0's view of a training run: MLflow metrics without duplicates, a progress line, memory.
+
+Ray Train V2 has no MLflow callback, so rank 0 logs through an MlflowClient into the run whose id
+travels in the checkpoint. A restarted run recomputes the steps after its last checkpoint; the
+steps MLflow already holds (read once at start, per metric key) are not logged again.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+FLUSH_METRICS = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+class MetricsLog:
+    """Buffered per-step metrics for one MLflow run; `flush()` at log intervals and checkpoints."""
+
+    def __init__(self, tracking_uri: str, run_id: str, keys: Iterable[str]):
+        from mlflow import MlflowClient
+
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
+        self.last_step = {key: self._last_logged_step(key) for key in keys}
+        self._pending: list[Any] = []
+
+    def _last_logged_step(self, key: str) -> int:
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=-1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if value is None or not math.isfinite(value) or step <= self.last_step.get(key, -1):
+                continue
+            self._pending.append(Metric(key, float(value), now, step))
+            self.last_step[key] = step
+
+    def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:FLUSH_METRICS], self._pending[FLUSH_METRICS:]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """The resolved config as params: flattened, truncated and with credentials redacted here,
+        whatever the caller passed (a URL password or token never reaches the tracking server)."""
+        from mlflow.entities import Param
+
+        from pipelines.runtime.tracking import safe_params
+
+        items = [Param(k, v) for k, v in safe_params(params).items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+
+def memory_mb(device: Any) -> float:
+    """Peak allocated memory on a CUDA device, else this process's resident set size."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class Progress:
+    """One line per log interval for a person (stdout, so `ray job submit` shows it)."""
+
+    def __init__(self, max_steps: int, start_step: int, prefix: str = "[pretrain]"):
+        self.max_steps, self.start_step, self.prefix = max_steps, start_step, prefix
+        self.started = time.perf_counter()
+
+    def line(self, step: int, metrics: dict[str, float]) -> str:
+        done = step - self.start_step
+        per_step = (time.perf_counter() - self.started) / max(done, 1)
+        eta = timedelta(seconds=round(per_step * (self.max_steps - step)))
+        parts = [
+            f"{self.prefix} step {step}/{self.max_steps}",
+            f"loss {metrics['loss']:.4f}",
+            f"lr {metrics['lr']:.2e}",
+            f"{metrics['tokens_per_s']:,.0f} tok/s",
+        ]
+        if metrics.get("mfu") is not None:
+            parts.append(f"mfu {100 * metrics['mfu']:.1f}%")
+        if metrics.get("val_loss") is not None:
+            bpb = f" ({metrics['val_bpb']:.3f} bpb)" if metrics.get("val_bpb") is not None else ""
+            parts.append(f"val {metrics['val_loss']:.4f}{bpb}")
+        parts.append(f"eta {eta}")
+        return " | ".join(parts)
+
+
+def say(line: str) -> None:
+    """A line on stdout. Not print(): Ray Train patches print in workers and the line shows twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
