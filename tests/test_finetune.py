@@ -118,6 +118,7 @@ def champion(prepared_workspace, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_finetune_from_a_registry_alias_registers_lineage_and_moves_the_champion(
     prepared_workspace, champion, pairs_file, mlflow_env, ray_local, tmp_path
 ):

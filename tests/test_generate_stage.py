@@ -62,6 +62,7 @@ def read_rows(workspace, manifest):
     return table.sort_by("prompt_index").to_pylist()
 
 
+@pytest.mark.slow
 def test_1000_prompts_give_1000_rows_identical_across_runs(
     prepared_workspace, model_dir, prompts_file, mlflow_env, ray_local, tmp_path
 ):

@@ -300,7 +300,7 @@ def test_crash_half_way_then_rerun_gives_the_uninterrupted_result(chain, tmp_pat
         raise RuntimeError("injected fault")
 
     # 1. the new version is written, its manifest not yet
-    monkeypatch.setattr(refresh_version, "write_manifest", crash)
+    monkeypatch.setattr(refresh_version, "publish", crash)
     with pytest.raises(RuntimeError, match="injected fault"):
         refresh(cfg, log=lambda m: None)
     assert (ws / expected.corpus.dir / "data").is_dir() and not (

@@ -65,6 +65,43 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return fingerprint(manifest)
 
 
+def input_entry(out_dir: str, manifest: dict[str, Any]) -> dict[str, str]:
+    """How a manifest names an output it was made from."""
+    return {"fingerprint": manifest["fingerprint"], "digest": manifest_digest(manifest), "dir": out_dir}
+
+
+def publish(
+    ws: Workspace,
+    out: str,
+    *,
+    stage: str,
+    fingerprint: str,
+    config: dict[str, Any],
+    inputs: dict[str, dict[str, str]],
+    seconds: float,
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    """Publish the output in `out` (its files are written): the manifest, last, with what every
+    manifest holds (stage, fingerprint, project version, config, inputs, seconds, the files with
+    their sha256) and the stage's own `fields` (which win). The Runner and the refresh publish here."""
+    from pipelines import __version__
+    from pipelines.core.faults import die_before_manifest
+
+    body = {
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "project_version": __version__,
+        "output": out,
+        "config": config,
+        "inputs": inputs,
+        "seconds": round(seconds, 3),
+        **fields,
+    }
+    body.setdefault("files", checksum_files(ws, out))
+    die_before_manifest(stage)
+    return write_manifest(ws, out, body)
+
+
 def write_manifest(ws: Workspace, out_dir: str, body: dict[str, Any]) -> dict[str, Any]:
     manifest = {
         **body,

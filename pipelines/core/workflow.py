@@ -15,14 +15,7 @@ from typing import Any
 
 from pipelines import __version__
 from pipelines.config import Config, section_dict
-from pipelines.core.faults import die_before_manifest
-from pipelines.core.manifest import (
-    checksum_files,
-    fingerprint,
-    manifest_digest,
-    read_manifest,
-    write_manifest,
-)
+from pipelines.core.manifest import fingerprint, input_entry, manifest_digest, publish, read_manifest
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
 
@@ -236,26 +229,16 @@ class Runner:
             started = time.perf_counter()
             result = stage.run(ctx) or {}
             seconds = time.perf_counter() - started
-            body = {
-                "stage": stage.name,
-                "fingerprint": step.fingerprint,
-                "project_version": __version__,
-                "output": step.out,
-                "config": config,
-                "inputs": {
-                    n: {
-                        "fingerprint": p.manifest["fingerprint"],
-                        "digest": manifest_digest(p.manifest),
-                        "dir": p.dir,
-                    }
-                    for n, p in inputs.items()
-                },
-                "seconds": round(seconds, 3),
-                **result,
-            }
-            body.setdefault("files", checksum_files(self.ws, step.out))
-            die_before_manifest(stage.name)
-            manifest = write_manifest(self.ws, step.out, body)
+            manifest = publish(
+                self.ws,
+                step.out,
+                stage=stage.name,
+                fingerprint=step.fingerprint,
+                config=config,
+                inputs={n: input_entry(p.dir, p.manifest) for n, p in inputs.items()},
+                seconds=seconds,
+                fields=result,
+            )
             mlflow.log_metrics({**tracking.numeric_metrics(result), "seconds": seconds})
             tracking.log_dict(manifest, "manifest.json")  # redacted: no credentials in artifacts
         self.log(f"[done] {stage.name} in {seconds:.1f}s -> {self.ws.full_uri(step.out)}")

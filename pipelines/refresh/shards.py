@@ -17,7 +17,7 @@ from collections.abc import Callable
 from gpt2core.tokenizer import SPM_FILE
 from pipelines import __version__
 from pipelines.config import Config, ShardsConfig
-from pipelines.core.manifest import fingerprint, manifest_digest, write_manifest
+from pipelines.core.manifest import fingerprint, input_entry, manifest_digest, publish
 from pipelines.core.workspace import Workspace
 from pipelines.refresh.lineage import SHARDS_ROOT, Version
 from pipelines.shards.stage import SPLITS, TokenizerFile, ValSplit, WrittenShards, write_shards
@@ -69,23 +69,18 @@ def extend_shards(
     new_tokens = sum(new.splits[s]["tokens"] for s in SPLITS)
     seconds = time.perf_counter() - started
     log(f"[refresh] shards {ws.full_uri(out)}: +{new_tokens} tokens in {len(new.files)} new files")
-    manifest = write_manifest(
+    manifest = publish(
         ws,
         out,
-        {
-            "stage": "shards",
-            "fingerprint": fp,
-            "project_version": __version__,
-            "output": out,
-            "config": {"shards": settings.model_dump(mode="json")},
-            "inputs": {
-                "corpus": {
-                    "fingerprint": corpus.manifest["fingerprint"],
-                    "digest": manifest_digest(corpus.manifest),
-                    "dir": corpus.dir,
-                },
-                "tokenizer": parent.manifest["inputs"]["tokenizer"],
-            },
+        stage="shards",
+        fingerprint=fp,
+        config={"shards": settings.model_dump(mode="json")},
+        inputs={
+            "corpus": input_entry(corpus.dir, corpus.manifest),
+            "tokenizer": parent.manifest["inputs"]["tokenizer"],
+        },
+        seconds=seconds,
+        fields={
             "tokenizer": info,
             "dtype": parent.manifest["dtype"],
             "splits": splits,
@@ -96,7 +91,6 @@ def extend_shards(
                 "new_docs": sum(new.splits[s]["docs"] for s in SPLITS),
                 "new_files": sorted(new.files),
             },
-            "seconds": round(seconds, 3),
             "files": {**parent.manifest["files"], **new.files},
         },
     )

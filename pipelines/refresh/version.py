@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from pipelines import __version__
 from pipelines.config import Config
-from pipelines.core.manifest import checksum_files, file_entry, fingerprint, manifest_digest, write_manifest
+from pipelines.core.manifest import checksum_files, file_entry, fingerprint, manifest_digest, publish
 from pipelines.core.workspace import Workspace
 from pipelines.corpus import index as corpus_index
 from pipelines.corpus import stats as corpus_stats
@@ -91,16 +91,15 @@ def build_version(
     ws.write_json(posixpath.join(out, "index", "index.json"), corpus_index.settings(cfg.corpus))
     files.update({rel: file_entry(ws, posixpath.join(out, rel)) for rel in OWN_FILES})
 
-    manifest = write_manifest(
+    manifest = publish(
         ws,
         out,
-        {
-            "stage": "corpus",
-            "fingerprint": fp,
-            "project_version": __version__,
-            "output": out,
-            "config": {"corpus": cfg.corpus.model_dump(mode="json")},
-            "inputs": {},
+        stage="corpus",
+        fingerprint=fp,
+        config={"corpus": cfg.corpus.model_dump(mode="json")},
+        inputs={},
+        seconds=time.perf_counter() - started,
+        fields={
             "version": fp[:12],
             "parent": {"dir": parent.dir, "version": parent.id, "digest": manifest_digest(parent.manifest)},
             "generation": generation,
@@ -109,7 +108,6 @@ def build_version(
             "index": corpus_index.settings(cfg.corpus),
             "input_files": [input_record(f, digests[f.uri]) for f in new],  # this generation's only
             "refresh": {"stats": increment, "data_files": sorted(data_files)},
-            "seconds": round(time.perf_counter() - started, 3),
             "files": dict(sorted(files.items())),
         },
     )

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipelines.core.cache import DirRef, as_local
 from pipelines.errors import UserError
@@ -38,6 +38,19 @@ class GateResources:
     max_batches: int
     num_cpus: int = 1
     num_gpus: int = 0
+
+
+class Gate(Protocol):
+    """What the champion gate evaluates with: its resources (GateResources) and the figures of a
+    candidate model directory against the champion's (None: there is no champion)."""
+
+    num_cpus: int
+    num_gpus: int
+
+    @property
+    def val_data(self) -> str: ...
+
+    def figures(self, candidate_dir: str, champion_dir: str | None) -> dict[str, float | None]: ...
 
 
 def gate_resources(loop: LoopConfig) -> dict[str, int]:
@@ -186,7 +199,7 @@ def location(where: str | DirRef) -> str:
     return where.uri if isinstance(where, DirRef) else str(where)
 
 
-def _figures_of(data: Any, candidate: str | DirRef, champion_uri: str | None, tracking_uri: str | None):
+def _figures_of(data: Gate, candidate: str | DirRef, champion_uri: str | None, tracking_uri: str | None):
     """The gate's figures, on whichever node the task landed: it fetches the candidate (from the
     workspace, through the node cache) and the champion (from the registry) itself, since no
     directory of the driver is visible there."""
@@ -199,7 +212,7 @@ def _figures_of(data: Any, candidate: str | DirRef, champion_uri: str | None, tr
         return data.figures(as_local(candidate), champion_dir)
 
 
-def champion_gate(name: str, version: str, candidate: str | DirRef, data: Any) -> dict[str, Any]:
+def champion_gate(name: str, version: str, candidate: str | DirRef, data: Gate) -> dict[str, Any]:
     """Evaluate the new version against the champion; move `champion` if it is better. Returns the
     figures and the decision, which are also set as tags `gate.*` on the new version."""
     import mlflow

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import LoopConfig
 from pipelines.core.cache import DirRef, as_local
 from pipelines.core.faults import FaultHook
+
+if TYPE_CHECKING:
+    from gpt2core.lora import LoraConfig
+    from pipelines.training.task import Task
 
 
 @dataclass
@@ -21,7 +25,7 @@ class LoopSpec:
 
     loop: LoopConfig
     gpt: dict[str, Any]  # gpt2core GPTConfig fields (vocab and architecture resolved)
-    task: Any  # a pipelines.training.task.Task
+    task: Task
     init_model_dir: str | DirRef | None = None  # initial weights (model directory); None = GPT-2 init
     compile: bool = False
     tracking_uri: str | None = None
@@ -29,7 +33,7 @@ class LoopSpec:
     params: dict[str, str] = field(default_factory=dict)  # logged by rank 0 when the run starts fresh
     fault: FaultHook | None = None
     label: str = "pretrain"
-    lora: Any = None  # gpt2core.lora.LoraConfig: train only low-rank adapters, merged into the export
+    lora: LoraConfig | None = None  # train only low-rank adapters, merged into the export
     early_stop_patience: int = 0  # evaluations without a better val loss before stopping; 0 = never
     async_upload: bool = False  # object-store storage: upload checkpoints while training goes on
 

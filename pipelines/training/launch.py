@@ -18,13 +18,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import LoopConfig
 from pipelines.core.cache import DirRef
 from pipelines.core.workflow import StageContext
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError, user_error_in
+
+if TYPE_CHECKING:
+    from pipelines.training.engine import LoopSpec
 
 CHECKPOINTS = "checkpoints"
 RUN_RECORD = "run.json"  # next to Ray Train's files in checkpoints/<run>/: what the run was started with
@@ -114,7 +117,7 @@ def training_run_id(record: dict | None, resuming: bool, stage_run_id: str | Non
 class Launch:
     """A training run ready to start: the loop's spec, where its checkpoints live, where it stands."""
 
-    spec: Any  # engine.LoopSpec
+    spec: LoopSpec
     name: str
     ws: Workspace
     rel: str  # checkpoints/<run> in the workspace

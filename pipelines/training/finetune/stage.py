@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Config
 from pipelines.core.cache import DirRef, file_identity, user_file
@@ -23,6 +23,10 @@ from pipelines.core.workspace import Workspace, uri_basename
 from pipelines.errors import UserError
 from pipelines.registry.models import registry_version
 from pipelines.training.launch import run_name
+
+if TYPE_CHECKING:
+    from pipelines.registry.models import Gate
+    from pipelines.training.task import Task
 
 DEMO_PAIRS = "demo:corpus-pairs"  # finetune.data: pairs made from the pipeline's corpus
 DATA_DIR = "data"  # in checkpoints/<run>/: the tokenized rows and the val pairs
@@ -113,8 +117,8 @@ def tokenizer_identity(tokenizer) -> str:
 # --- the data ------------------------------------------------------------------------------------
 @dataclass
 class Prepared:
-    task: Any  # a train_task.Task
-    gate: Any  # registry.GateData or finetune_task.PairsGate
+    task: Task  # FinetuneTask, or pretraining's task on shards
+    gate: Gate  # PairsGate, or pretraining's GateData
     gpt: dict
     info: dict  # counts for the manifest
     source: str  # the data file (or shards dir)
