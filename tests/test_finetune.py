@@ -241,6 +241,7 @@ def bpe_model_dir(path, seed: int = 0):
     return path / "model"
 
 
+@pytest.mark.slow  # after the registry-alias test (slow): its champion is the one kept
 def test_finetune_from_an_exported_hugging_face_dir_with_bpe_stops_early_and_keeps_the_champion(
     prepared_workspace, champion, pairs_file, mlflow_env, ray_local, tmp_path
 ):

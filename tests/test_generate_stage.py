@@ -94,6 +94,7 @@ def test_1000_prompts_give_1000_rows_identical_across_runs(
     assert (run["metrics.tokens_per_s"] > 0).all()
 
 
+@pytest.mark.slow  # after the 1000-prompt test (slow), which registers the model it uses
 def test_long_prompts_rejected_by_config_and_missing_alias(
     prepared_workspace, model_dir, prompts_file, mlflow_env, ray_local, tmp_path
 ):

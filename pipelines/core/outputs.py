@@ -1,8 +1,9 @@
 """Reading what the stages publish, in one place, for the stages that come after.
 
 A stage's output is a directory with its files and `manifest.json` (core/manifest.py, written last).
-The stages downstream read another stage's output only through this module, never through that
-stage's package: the corpus's data files (tokenizer, shards), the fine-tuning rows (generate).
+A stage reads another stage's output through these types, never through that stage's package or
+raw manifest keys: CorpusOutput (tokenizer, shards, finetune), TokenizerOutput (shards, pretrain),
+ModelOutput (finetune), FinetuneData (generate).
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gpt2core.tokenizer import SPM_FILE
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
+
+if TYPE_CHECKING:
+    from pipelines.core.workflow import Published
 
 
 # --- the corpus -----------------------------------------------------------------------------------
@@ -33,6 +38,56 @@ def iter_corpus_batches(ws: Workspace, files: list[str], columns: list[str]) -> 
     for rel in files:
         with ws.fs.open_input_file(ws.path(rel)) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=8192, columns=columns)
+
+
+@dataclass(frozen=True)
+class CorpusOutput:
+    """A published corpus version: data/*.parquet (id, text, url, source) and rejects/."""
+
+    dir: str  # workspace-relative
+
+    @classmethod
+    def of(cls, published: Published) -> CorpusOutput:
+        return cls(published.dir)
+
+    def data_files(self, ws: Workspace) -> list[str]:
+        return corpus_data_files(ws, self.dir)
+
+
+# --- the tokenizer ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenizerOutput:
+    """A published tokenizer: spm.model (+ vocab, Hugging Face files) and its record."""
+
+    dir: str  # workspace-relative
+    sha256: str  # of spm.model
+    vocab_size: int
+    eos_id: int
+
+    @classmethod
+    def of(cls, published: Published) -> TokenizerOutput:
+        info = published.manifest["tokenizer"]
+        return cls(published.dir, info["sha256"], info["vocab_size"], info["eos_id"])
+
+    @property
+    def model_file(self) -> str:
+        return posixpath.join(self.dir, SPM_FILE)
+
+
+# --- a trained model -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelOutput:
+    """A published model directory (models/<run>/) and the registry version it became."""
+
+    dir: str  # workspace-relative
+    manifest: dict[str, Any]  # its files, for a DirRef
+    registered_uri: str
+    version: str
+
+    @classmethod
+    def of(cls, published: Published) -> ModelOutput:
+        m = published.manifest
+        return cls(published.dir, m, m["registered_uri"], str(m["version"]))
 
 
 # --- fine-tuning rows ------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from gpt2core.data import TOKENS_COLUMN, token_dtype
-from gpt2core.tokenizer import SPM_FILE, encode_lossless, load_sentencepiece
+from gpt2core.tokenizer import encode_lossless, load_sentencepiece
 from pipelines.config import ShardsConfig
 from pipelines.core.hashing import stable_hash
 from pipelines.core.manifest import sha256_file
-from pipelines.core.outputs import corpus_data_files, iter_corpus_batches
+from pipelines.core.outputs import CorpusOutput, TokenizerOutput, iter_corpus_batches
 from pipelines.core.workflow import Stage, StageContext
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
@@ -48,19 +48,18 @@ def shards_stage() -> Stage:
 
 def run_shards(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
-    tokenizer = ctx.inputs["tokenizer"]
-    info = tokenizer.manifest["tokenizer"]
-    model = TokenizerFile(ctx.ws, f"{tokenizer.dir}/{SPM_FILE}", info["sha256"])
+    tokenizer = TokenizerOutput.of(ctx.inputs["tokenizer"])
+    corpus = CorpusOutput.of(ctx.inputs["corpus"])
+    model = TokenizerFile(ctx.ws, tokenizer.model_file, tokenizer.sha256)
     model.load()  # fail here, before any actor starts, when the file is not the published one
-    files = corpus_data_files(ctx.ws, ctx.inputs["corpus"].dir)
-    dtype = token_dtype(info["vocab_size"])
+    files = corpus.data_files(ctx.ws)
+    dtype = token_dtype(tokenizer.vocab_size)
     val_split = ValSplit.for_corpus(ctx.ws, files, ctx.cfg.shards.val_fraction)
     written = write_shards(ctx.ws, ctx.out, files, model, dtype, val_split, ctx.cfg.shards)
     splits, empty_docs = written.splits, written.empty_docs
     if not splits["train"]["docs"]:
-        corpus = ctx.ws.full_uri(ctx.inputs["corpus"].dir)
         raise UserError(
-            f"config key 'shards.val_fraction': no document of corpus {corpus} is left for training "
+            f"config key 'shards.val_fraction': no document of corpus {ctx.ws.full_uri(corpus.dir)} is left for training "
             f"({splits['val']['docs']} in val, {empty_docs} empty)"
         )
     seconds = time.perf_counter() - started
@@ -68,9 +67,9 @@ def run_shards(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"[shards] {tokens} tokens ({dtype}), {empty_docs} empty docs, {tokens / seconds:,.0f} tokens/s")
     return {
         "tokenizer": {
-            "sha256": info["sha256"],
-            "vocab_size": info["vocab_size"],
-            "eos_id": info["eos_id"],
+            "sha256": tokenizer.sha256,
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
             "dir": tokenizer.dir,
         },
         "dtype": dtype,

@@ -24,7 +24,7 @@ from typing import Any
 from gpt2core.tokenizer import EOS_PIECE, SPM_FILE, UNK_PIECE, load_sentencepiece
 from pipelines.config import TokenizerConfig
 from pipelines.core.hashing import stable_hash
-from pipelines.core.outputs import corpus_data_files, iter_corpus_batches
+from pipelines.core.outputs import CorpusOutput, iter_corpus_batches
 from pipelines.core.workflow import Stage, StageContext
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
@@ -66,7 +66,7 @@ def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
     from pipelines.tokenizer.hf_files import write_hf_files
 
     cfg = ctx.cfg.tokenizer
-    files = corpus_data_files(ctx.ws, ctx.inputs["corpus"].dir)
+    files = CorpusOutput.of(ctx.inputs["corpus"]).data_files(ctx.ws)
     sample = CorpusSample(ctx.ws, files, cfg.sample_docs, cfg.seed)
     started = time.perf_counter()
     model = train_sentencepiece(sample.lines(), cfg, sample)

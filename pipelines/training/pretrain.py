@@ -21,6 +21,7 @@ from pipelines.config import Config, LoopConfig
 from pipelines.core.cache import DirRef
 from pipelines.core.hashing import sha256_path
 from pipelines.core.manifest import manifest_digest, read_manifest
+from pipelines.core.outputs import TokenizerOutput
 from pipelines.core.workflow import Stage, StageContext
 from pipelines.core.workspace import Workspace, uri_basename
 from pipelines.errors import UserError
@@ -76,10 +77,10 @@ def resolve_shards(ctx: StageContext) -> ShardsData:
         tokenizer_ws = Workspace(where.uri_of(tokenizer_path), "train.shards")
         shards_ws, shards_rel = where, ""
     else:
-        shards, tokenizer = ctx.inputs["shards"], ctx.inputs["tokenizer"]
+        shards, tokenizer = ctx.inputs["shards"], TokenizerOutput.of(ctx.inputs["tokenizer"])
         manifest, shards_ws, shards_rel = shards.manifest, ctx.ws, shards.dir
         tokenizer_ws = Workspace(ctx.ws.full_uri(tokenizer.dir))
-        if tokenizer.manifest["tokenizer"]["sha256"] != manifest["tokenizer"]["sha256"]:
+        if tokenizer.sha256 != manifest["tokenizer"]["sha256"]:
             raise UserError(
                 f"shards {ctx.ws.full_uri(shards.dir)} were made with tokenizer "
                 f"{manifest['tokenizer']['sha256'][:12]}..., not with the pipeline's tokenizer "

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.config import Config
 from pipelines.core.cache import DirRef, file_identity, user_file
 from pipelines.core.hashing import sha256_path
+from pipelines.core.outputs import CorpusOutput, ModelOutput
 from pipelines.core.workflow import Stage, StageContext
 from pipelines.core.workspace import Workspace, uri_basename
 from pipelines.errors import UserError
@@ -86,9 +87,8 @@ def resolve_init_model(ctx: StageContext) -> InitModel:
 
     loop, key = ctx.cfg.finetune, "config key 'finetune.init_from'"
     if not loop.init_from:
-        pretrain = ctx.inputs["pretrain"]
-        lineage = {"parent_model_uri": pretrain.manifest["registered_uri"]}
-        lineage["parent_model_version"] = str(pretrain.manifest["version"])
+        pretrain = ModelOutput.of(ctx.inputs["pretrain"])
+        lineage = {"parent_model_uri": pretrain.registered_uri, "parent_model_version": pretrain.version}
         ref = DirRef.of(ctx.ws, pretrain.dir, pretrain.manifest)
         return InitModel(ref.local(), ref, lineage)
     if loop.init_from.startswith("models:/"):
@@ -178,7 +178,7 @@ def _data_file(ctx: StageContext, work: Path) -> Path:
 
     from pipelines.training.finetune import data as finetune_data
 
-    corpus = ctx.inputs["corpus"].dir
+    corpus = CorpusOutput.of(ctx.inputs["corpus"]).dir
     files = sorted(f for f in ctx.ws.list_files(f"{corpus}/data") if f.endswith(".parquet"))
     paths = [ctx.ws.path(f"{corpus}/data/{f}") for f in files]
     table = pq.read_table(paths, columns=["id", "text"], filesystem=ctx.ws.fs)
