@@ -83,6 +83,13 @@ def built(tmp_path_factory, ray_session, mlflow_server):
     )
 
 
+def file_digests(ws_root: Path, out: str) -> dict[str, str]:
+    """sha256 of every data/ and rejects/ file of a corpus version."""
+    files = sorted([*(ws_root / out / "data").glob("*"), *(ws_root / out / "rejects").glob("*")])
+    assert files
+    return {str(f.relative_to(ws_root / out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
 def kept_ids(ws_root: Path, out: str) -> list[str]:
     return sorted(read_dir(ws_root, f"{out}/data")["id"].to_pylist())
 
@@ -215,6 +222,8 @@ def test_killed_mid_way_then_rerun_gives_the_same_kept_ids(built, tmp_path, mlfl
     assert runner.plan()[0].reason == "incomplete output (no manifest)"
     runner.run()
     assert kept_ids(ws, built.out) == kept_ids(built.ws, built.out)
+    # the same config over the same files, in another workspace: the same corpus, byte for byte
+    assert file_digests(ws, built.out) == file_digests(built.ws, built.out)
     check_counts(ws, built.out)
 
 

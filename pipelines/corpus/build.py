@@ -82,6 +82,10 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
     # Reserving CPUs per operator holds one of two CPUs for the short read tasks: with reservation on,
     # one worker processed documents alone for seconds at a time. Off for this dataset only.
     reserving, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, False
+    # Blocks reach the staging files in input order, not in the order their tasks finish: the same
+    # input files give the same staging files, so the same corpus files, on every run and cluster.
+    ordered = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
     try:
         groups = file_groups(files, max(4, 4 * cpus))
         ds = ray.data.from_items([{"uris": g} for g in groups], override_num_blocks=len(groups))
@@ -107,6 +111,7 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
         ds.write_parquet(ws.path(staging), filesystem=ws.fs)
     finally:
         ctx.op_resource_reservation_enabled = reserving
+        ctx.execution_options.preserve_order = ordered
     ray.get(warm)
     return [posixpath.join(staging, f) for f in ws.list_files(staging) if f.endswith(".parquet")]
 
