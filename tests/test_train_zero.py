@@ -28,6 +28,7 @@ VARIANTS = {
     "zero2_offload_optimizer": {"zero_stage": 2, "offload_optimizer": True},
     "zero3_offload_params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
     "zero2_bf16": {"zero_stage": 2, "precision": "bf16"},
+    "zero0_bf16": {"zero_stage": 0, "precision": "bf16"},  # DeepSpeed's DDP bf16 path (no ZeRO)
 }
 
 
@@ -149,12 +150,14 @@ def test_optimizer_and_parameter_offload_train_like_zero0(variants):
 
 
 @pytest.mark.slow
-def test_bf16_trains_on_cpu(variants):
+def test_bf16_trains_on_cpu_with_and_without_zero(variants):
     results, _ = variants
-    assert results["zero2_bf16"]["precision"] == "bf16"
-    losses, reference = results["zero2_bf16"]["losses"], results["zero0"]["losses"]
-    assert losses[-1] < losses[0] - 0.5
-    assert max(abs(a - b) for a, b in zip(losses, reference)) < 0.1  # bf16 rounding, same trajectory
+    reference = results["zero0"]["losses"]
+    for name in ("zero2_bf16", "zero0_bf16"):
+        assert results[name]["precision"] == "bf16", name
+        losses = results[name]["losses"]
+        assert losses[-1] < losses[0] - 0.5, name
+        assert max(abs(a - b) for a, b in zip(losses, reference)) < 0.1, name  # bf16 rounding, same path
 
 
 # --- the generated DeepSpeed config (no workers) -------------------------------------------------
@@ -174,6 +177,8 @@ def test_deepspeed_config_follows_ours():
     assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
     assert config["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": True}
     assert config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    assert config["data_types"] == {"grad_accum_dtype": "fp32"}  # ZeRO adds bf16 gradients in fp32
+    assert "data_types" not in deepspeed_config(loop(zero_stage=0), 2, "bf16", "cuda")  # DDP bf16 path
     plain = deepspeed_config(loop(zero_stage=0), 2, "fp32", "cpu")
     assert plain["zero_optimization"] == {"stage": 0}
     assert not plain["bf16"]["enabled"] and not plain["fp16"]["enabled"]

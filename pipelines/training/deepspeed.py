@@ -71,6 +71,10 @@ def deepspeed_config(loop: LoopConfig, world_size: int, precision: str, device_t
         "steps_per_print": _QUIET_STEPS,
         "wall_clock_breakdown": False,
     }
-    if precision == "bf16":
-        config["data_types"] = {"grad_accum_dtype": "fp32"}  # accumulate micro-batch gradients in fp32
+    if precision == "bf16" and loop.zero_stage:
+        # Accumulate micro-batch gradients in fp32 (ZeRO keeps fp32 masters to add them into).
+        # Without ZeRO, DeepSpeed supports only gradients in the model's dtype (its DDP bf16 path)
+        # and raises NotImplementedError for fp32 accumulation, in every worker: ZeRO-0 bf16
+        # accumulates in bf16.
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
     return config
