@@ -158,9 +158,10 @@ def user_file(text: str, key: str) -> Path:
         if not path.is_file():
             raise UserError(f"config key '{key}': {path} is not a file")
         return path
-    if remote_sha256(text, key) is None:
+    sha256 = remote_sha256(text, key)
+    if sha256 is None:
         raise UserError(f"config key '{key}': {text.split('?', 1)[0]!r} is not a file")
-    return local_file(text)
+    return local_file(text, sha256)  # the hash in hand: the file is not streamed again to get it
 
 
 def remote_sha256(uri: str, key: str) -> str | None:
