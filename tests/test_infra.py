@@ -22,7 +22,7 @@ import yaml
 
 from pipelines import cli
 from pipelines.cli import STAGE_JOBS, job_parser
-from pipelines.config import load_config
+from pipelines.config import LoopConfig, load_config
 from pipelines.errors import UserError
 from pipelines.runtime.tracking import is_secret_name, redact
 from tests.conftest import ROOT
@@ -558,6 +558,197 @@ def test_token_auth_and_loopback_dashboard_on_vms():
     assert all("RAY_AUTH_MODE=token" in c for c in starts), starts
     assert "--dashboard-host=127.0.0.1" in cluster["head_start_ray_commands"][-1]
     assert "~/.ray/auth_token" in cluster["file_mounts"]  # Ray's default token path, on every node
+
+
+# --- the training recipes fit the GPU nodes -----------------------------------------------------------
+# Host RAM a GPU training worker needs besides its GPU: the process with torch, CUDA and NCCL (~4 GiB
+# resident), the memory-mapped shard pages it reads (a container's memory limit counts them: ~20 GB of
+# shards for the 10B-token run, shared by a node's workers), pinned staging buffers (DeepSpeed, NCCL's
+# proxy), and the state dict on the host while a checkpoint is written (fp32 weights and Adam moments
+# of 124M parameters, ~1.5 GB): ~10 GiB, so 16 GiB with headroom.
+WORKER_MEMORY = 16 * 2**30
+GPU_SECTIONS = ("train", "finetune")
+# The target layout, 2 hosts x 8 GPUs, beyond the shipped 8 workers.
+TWO_HOSTS = [("gpt2-124m.yaml", "train.num_workers=16")]
+QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)([a-zA-Z]*)")
+QUANTITY_SUFFIXES = {
+    "": 1,
+    "m": 1e-3,
+    **{s: 1000.0**n for n, s in enumerate("kMGTPE", 1)},
+    **{s + "i": 2 ** (10 * n) for n, s in enumerate("KMGTPE", 1)},
+}
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes resource quantity ("60Gi", "8", "500m") as a number: bytes, CPUs, devices."""
+    match = QUANTITY.fullmatch(str(value).strip())
+    if not match or match.group(2) not in QUANTITY_SUFFIXES:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    return float(match.group(1)) * QUANTITY_SUFFIXES[match.group(2)]
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """What one node of a GPU node type gives Ray tasks, and how many such nodes there may be."""
+
+    where: str
+    cpus: float
+    gpus: float
+    memory: float  # bytes for tasks, the object store's share taken out
+    max_nodes: int
+
+
+def memory_for_tasks(total: float) -> float:
+    """A node's RAM less Ray's object store, which lives in the same RAM (/dev/shm): by default 30%
+    of it, at most 200 GB."""
+    from ray._private import ray_constants
+
+    share = total * ray_constants.DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
+    return total - min(share, ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES)
+
+
+def vm_gpu_node_types(cluster: dict, source: str) -> list[NodeType]:
+    """The worker node types of a `ray up` cluster that declare GPUs: their `resources` are what the
+    autoscaler plans with (memory there is already what tasks get), and the nodes are capped by both
+    their own max_workers and the cluster's."""
+    return [
+        NodeType(
+            f"{source}: {name}",
+            node["resources"].get("CPU", 0),
+            node["resources"]["GPU"],
+            node["resources"].get("memory", 0),
+            min(node["max_workers"], cluster["max_workers"]),
+        )
+        for name, node in cluster["available_node_types"].items()
+        if name != cluster["head_node_type"] and (node.get("resources") or {}).get("GPU")
+    ]
+
+
+def kuberay_gpu_node_types(cluster: dict, source: str) -> list[NodeType]:
+    """The worker groups of a RayCluster whose ray-worker container has GPU limits, with the resources
+    KubeRay gives Ray there: rayStartParams if set, else the container's limits."""
+    found = []
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        (container,) = [c for c in group["template"]["spec"]["containers"] if c["name"] == "ray-worker"]
+        limits = container["resources"]["limits"]
+        if not quantity(limits.get("nvidia.com/gpu", 0)):
+            continue
+        params = group.get("rayStartParams") or {}
+        found.append(
+            NodeType(
+                f"{source}: {cluster['metadata']['name']}/{group['groupName']}",
+                quantity(params.get("num-cpus", limits["cpu"])),
+                quantity(params.get("num-gpus", limits["nvidia.com/gpu"])),
+                memory_for_tasks(quantity(limits["memory"])),
+                group["maxReplicas"],
+            )
+        )
+    return found
+
+
+def gpu_node_types() -> list[NodeType]:
+    (cluster,) = yaml_docs(INFRA / "vm" / "cluster.yaml")
+    found = vm_gpu_node_types(cluster, "vm/cluster.yaml")
+    for source, ray_cluster in k8s_objects("RayCluster"):
+        found += kuberay_gpu_node_types(ray_cluster, source)
+    return found
+
+
+def gpu_recipes() -> list[tuple[str, LoopConfig]]:
+    """Every GPU training section of the shipped configs, and the TWO_HOSTS variants."""
+    runs = [(path.name, ()) for path in sorted((ROOT / "configs").glob("*.yaml"))]
+    runs += [(name, (override,)) for name, override in TWO_HOSTS]
+    found = []
+    for name, overrides in runs:
+        cfg = load_config(ROOT / "configs" / name, overrides)
+        for section in GPU_SECTIONS:
+            loop = cfg.section(section)
+            if loop.use_gpu and getattr(loop, "enabled", True):
+                found.append((" ".join([f"{name}:{section}", *overrides]), loop))
+    return found
+
+
+def fits(node: NodeType, loop: LoopConfig) -> str | None:
+    """Why the workers of `loop` (1 GPU, cpus_per_worker CPUs and WORKER_MEMORY each) do not fit on
+    nodes of this type, or None. A node must take as many workers as it has GPUs (all of them, when
+    fewer): CPUs or memory short of that strand GPUs and spread the run over more nodes, so more of
+    NCCL's traffic leaves NVLink for the network."""
+    room = {
+        "GPU": (node.gpus // 1, f"{node.gpus:g} GPUs"),
+        "CPU": (node.cpus // loop.cpus_per_worker, f"{node.cpus:g} CPUs / {loop.cpus_per_worker} a worker"),
+        "memory": (node.memory // WORKER_MEMORY, f"{node.memory / 2**30:.0f} GiB / 16 GiB a worker"),
+    }
+    per_node = int(min(n for n, _ in room.values()))
+    wanted = min(loop.num_workers, int(node.gpus))
+    if per_node < wanted:
+        short = "; ".join(why for n, why in room.values() if n == per_node)
+        return f"{node.where}: {per_node} workers a node ({short}), not {wanted}"
+    if node.max_nodes * per_node < loop.num_workers:
+        return (
+            f"{node.where}: at most {node.max_nodes} nodes x {per_node} workers, "
+            f"not num_workers={loop.num_workers}"
+        )
+    return None
+
+
+GPU_NODE_TYPES = gpu_node_types()
+GPU_RECIPES = gpu_recipes()
+
+
+def test_quantities_parse_as_kubernetes_writes_them():
+    assert quantity("60Gi") == 60 * 2**30
+    assert quantity("8") == quantity(8) == 8
+    assert quantity("500m") == 0.5
+    assert quantity("1.5") == 1.5
+    assert quantity("100M") == 100e6
+    assert quantity("1e3") == 1000
+    assert quantity("1E") == 1e18 and quantity("2Ei") == 2 * 2**60
+    for bad in ("8 GB", "Gi", "8Qi", "-1"):
+        with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+            quantity(bad)
+
+
+def test_the_fit_covers_every_cluster_manifest_and_gpu_recipe():
+    """A GPU node type left out (resources undeclared, GPUs only in requests) would pass unchecked."""
+    sources = {node.where.split(":")[0] for node in GPU_NODE_TYPES}
+    assert sources == {"vm/cluster.yaml", "kuberay/raycluster.yaml", "kuberay/s3/raycluster.yaml"}, sources
+    workers = {name: loop.num_workers for name, loop in GPU_RECIPES}
+    assert workers.get("gpt2-124m.yaml:train") == 8, workers
+    assert workers.get("gpt2-124m.yaml:train train.num_workers=16") == 16, workers
+
+
+@pytest.mark.parametrize(
+    "node, recipe",
+    [(node, recipe) for node in GPU_NODE_TYPES for recipe in GPU_RECIPES],
+    ids=[f"{node.where}-{name}" for node in GPU_NODE_TYPES for name, _ in GPU_RECIPES],
+)
+def test_gpu_recipe_fits_the_gpu_node_type(node, recipe):
+    name, loop = recipe
+    reason = fits(node, loop)
+    assert reason is None, f"{name}: {reason}"
+
+
+def test_fit_check_refuses_the_old_layouts():
+    """Before: a 1-GPU, 4-vCPU VM type (g6e.xlarge), 1-GPU pods with maxReplicas 8, and (made up) an
+    8-GPU node with too little memory: each fails for its own reason."""
+    (_, shipped), (_, two_hosts) = [r for r in GPU_RECIPES if r[0].startswith("gpt2-124m.yaml:train")]
+    g6e = {"max_workers": 8, "resources": {"CPU": 4, "GPU": 1, "memory": 24 * 2**30}}
+    cluster = {"max_workers": 16, "head_node_type": "head", "available_node_types": {"gpu": g6e}}
+    (vm,) = vm_gpu_node_types(cluster, "old")
+    assert fits(vm, shipped) == "old: gpu: 0 workers a node (4 CPUs / 8 a worker), not 1"
+    one_gpu_pod = {"cpu": "8", "memory": "60Gi", "nvidia.com/gpu": "1"}
+    group = {
+        "groupName": "gpu",
+        "maxReplicas": 8,
+        "template": {"spec": {"containers": [{"name": "ray-worker", "resources": {"limits": one_gpu_pod}}]}},
+    }
+    (pod,) = kuberay_gpu_node_types(
+        {"metadata": {"name": "gpt2"}, "spec": {"workerGroupSpecs": [group]}}, "old"
+    )
+    assert fits(pod, shipped) is None  # 8 one-GPU pods do hold the 8 workers (over the network)
+    assert fits(pod, two_hosts) == "old: gpt2/gpu: at most 8 nodes x 1 workers, not num_workers=16"
+    small = NodeType("small", cpus=96, gpus=8, memory=64 * 2**30, max_nodes=2)
+    assert fits(small, shipped) == "small: 4 workers a node (64 GiB / 16 GiB a worker), not 8"
 
 
 def test_local_schedule_submits_with_token_auth_to_a_loopback_head():
