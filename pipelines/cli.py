@@ -1,6 +1,7 @@
 """Command lines shared by every job: `--config F`, repeatable `--set a.b=c`, and the stage flags.
 
-User errors end with exit code 2 and one line on stderr; bugs keep their traceback.
+User errors end with exit code 2 and one line on stderr (a run no retry could cure: exit code 1, one
+line); bugs keep their traceback.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def user_errors(main: Callable[[], int | None]) -> int:
         return main() or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return UserError.exit_code
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -48,7 +49,7 @@ def user_errors(main: Callable[[], int | None]) -> int:
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)
-        return UserError.exit_code
+        return cause.exit_code
 
 
 # The single-stage jobs: jobs/<job>.py runs `pipeline_main(only=<stage>)`.

@@ -107,6 +107,9 @@ class LoopConfig(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=1)
+    # How long to wait for the autoscaler to start the nodes the workers need (a GPU node boots in
+    # minutes); a cluster that can never host them is refused at once.
+    placement_timeout_s: int = Field(1800, ge=0)
     zero_stage: Literal[0, 1, 2, 3] = 1
     offload_optimizer: bool = False
     offload_params: bool = False

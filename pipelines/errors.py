@@ -1,4 +1,13 @@
-"""User-facing errors: one line, exit code 2, no traceback."""
+"""User-facing errors: one line and an exit code, no traceback.
+
+UserError (exit code 2): bad input the user can fix. RunFailed (exit code 1): a run that failed in a
+way no retry can cure - not the input's fault, but its cause is one line too (the traceback stays
+in the worker's log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
 
 
 class UserError(Exception):
@@ -13,13 +22,23 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-def user_error_in(exc: BaseException | None) -> UserError | None:
-    """The UserError that caused `exc`, if one did: along `__cause__`, and Ray's `cause` (a task's
-    or worker's exception re-raised in the driver)."""
-    seen = set()
+class RunFailed(UserError):
+    """A run ended by an error a restart cannot cure (an import error on the workers, a shape
+    mismatch): reported in one line like a UserError, with exit code 1."""
+
+    exit_code = 1
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and what it was raised from: along `__cause__`, and Ray's `cause` (a task's or worker's
+    exception re-raised in the driver)."""
+    seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, UserError):
-            return exc
+        yield exc
         exc = getattr(exc, "cause", None) or exc.__cause__
-    return None
+
+
+def user_error_in(exc: BaseException | None) -> UserError | None:
+    """The UserError (or RunFailed) that caused `exc`, if one did."""
+    return next((e for e in causes(exc) if isinstance(e, UserError)), None)

@@ -52,25 +52,6 @@ def run_rel(ctx: StageContext, loop: LoopConfig) -> str:
     return f"{CHECKPOINTS}/{run_name(loop, ctx.stage, ctx.fingerprint)}"
 
 
-# --- cluster -------------------------------------------------------------------------------------
-def check_cluster(loop: LoopConfig, section: str) -> None:
-    """Fail now, in one line, when the workers can never be placed (Ray would wait forever)."""
-    import ray
-
-    total = ray.cluster_resources()
-    per_worker = {"CPU": float(loop.cpus_per_worker), "GPU": 1.0 if loop.use_gpu else 0.0}
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    placeable = sum(
-        int(min(node.get(r, 0.0) // need for r, need in per_worker.items() if need)) for node in nodes
-    )
-    if placeable >= loop.num_workers:
-        return
-    want = f"{loop.num_workers} workers x ({loop.cpus_per_worker} CPU" + (", 1 GPU)" if loop.use_gpu else ")")
-    have = f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs on {len(nodes)} node(s)"
-    key = "use_gpu" if loop.use_gpu and not total.get("GPU") else "num_workers"
-    raise UserError(f"config key '{section}.{key}': {want} cannot be placed on this Ray cluster ({have})")
-
-
 # --- the run's past: checkpoints and record ------------------------------------------------------
 def latest_checkpoint(ws: Workspace, rel: str) -> tuple[Any, int] | None:
     """(Ray Checkpoint, its step) of the run's latest checkpoint, or None when it has none."""
@@ -156,9 +137,10 @@ def prepare(
     from pipelines.runtime import tracking
     from pipelines.training.deepspeed import check_combination
     from pipelines.training.engine import LoopSpec
+    from pipelines.training.placement import check_cluster
 
     check_combination(loop, section)
-    check_cluster(loop, section)
+    check_cluster(loop, section, log=ctx.log)
     name, rel = run_name(loop, ctx.stage, ctx.fingerprint), run_rel(ctx, loop)
     record_rel = f"{rel}/{RUN_RECORD}"
     record = ctx.ws.read_json(record_rel) if ctx.ws.exists(record_rel) else None
@@ -208,15 +190,16 @@ def train(launch: Launch, log=print) -> tuple[dict[str, Any], Any]:
 
 
 def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
-    """Run the TorchTrainer to the end. A worker-side UserError stays a one-line UserError."""
+    """Run the TorchTrainer to the end. A worker-side UserError stays a one-line UserError; an error
+    no restart can cure ends the run at once (training/failures.py), as a one-line RunFailed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
+    from pipelines.training.failures import trainer_class
     from pipelines.training.loop import train_worker
 
     loop = launch.spec.loop
     resources = {"CPU": loop.cpus_per_worker, **({"GPU": 1} if loop.use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = trainer_class()(
         train_worker,
         train_loop_config={"spec": launch.spec},
         scaling_config=ScalingConfig(
@@ -233,8 +216,8 @@ def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
     submitted = time.time()
     try:
         result = trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - a worker's UserError is the user's answer, one line
-        cause = _worker_user_error(exc)
+    except Exception as exc:  # noqa: BLE001 - a worker's UserError or incurable error: one line
+        cause = _one_line_cause(exc)
         if cause is not None:
             raise cause from None
         raise
@@ -250,11 +233,15 @@ def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
     return summary, result.checkpoint
 
 
-def _worker_user_error(exc: BaseException) -> UserError | None:
-    for failure in getattr(exc, "worker_failures", {}).values():
+def _one_line_cause(exc: BaseException) -> UserError | None:
+    from pipelines.training.failures import first_incurable, run_failed
+
+    failures = getattr(exc, "worker_failures", {})
+    for failure in failures.values():
         if found := user_error_in(failure):
             return found
-    return None
+    found = first_incurable(failures)
+    return run_failed(*found) if found else None
 
 
 # --- publish -------------------------------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""Can the cluster place the training workers - now, once the autoscaler adds nodes, or never?
+
+A GPU cluster usually starts with no GPU node at all (KubeRay `replicas: 0`, `ray up`
+`min_workers: 0`): counting live GPUs at submit time would refuse every job. So the check reads
+two things:
+  - the live nodes (`ray.nodes()`), and
+  - the node types the autoscaler may start, as it reports them to the GCS (the cluster config
+    Ray Data's autoscaler reads too: each group's resources and `max_count`, -1 = unbounded).
+It fails in one line only when no node the cluster has or could start hosts the workers; when
+only nodes still to be started could, it asks the autoscaler for them and waits, printing
+"waiting for ...", up to `<section>.placement_timeout_s`.
+
+The arithmetic is pure (Cluster, workers_fit) so a test can describe any cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipelines.config import LoopConfig
+from pipelines.errors import UserError
+
+POLL_S = 5.0  # how often the wait looks at the nodes again (a GPU node boots in minutes)
+UNBOUNDED = -1  # max_count of a node group the autoscaler may grow without limit
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """A node type the autoscaler may start: what one node provides, and how many there may be."""
+
+    name: str
+    resources: dict[str, float]
+    max_count: int  # UNBOUNDED, or the most nodes of this type (live ones included)
+
+
+@dataclass
+class Cluster:
+    live: list[dict[str, float]]  # each live node's total resources
+    groups: list[NodeGroup] = field(default_factory=list)  # empty: a fixed cluster, no autoscaler
+
+    def describe(self) -> str:
+        cpus = sum(n.get("CPU", 0.0) for n in self.live)
+        gpus = sum(n.get("GPU", 0.0) for n in self.live)
+        line = f"{cpus:g} CPUs, {gpus:g} GPUs on {len(self.live)} node(s)"
+        if self.groups:
+            kinds = ", ".join(
+                f"{g.name} x{'any' if g.max_count == UNBOUNDED else g.max_count}" for g in self.groups
+            )
+            line += f"; the autoscaler may add {kinds}"
+        return line
+
+
+def worker_resources(loop: LoopConfig) -> dict[str, float]:
+    return {"CPU": float(loop.cpus_per_worker), **({"GPU": 1.0} if loop.use_gpu else {})}
+
+
+def per_node(resources: dict[str, float], need: dict[str, float]) -> int:
+    """How many workers needing `need` fit on one node that has `resources`."""
+    return int(min(math.floor(resources.get(r, 0.0) / amount) for r, amount in need.items()))
+
+
+def _same_shape(node: dict[str, float], group: NodeGroup) -> bool:
+    return all(node.get(r, 0.0) == group.resources.get(r, 0.0) for r in ("CPU", "GPU"))
+
+
+def placeable_now(cluster: Cluster, need: dict[str, float]) -> int:
+    return sum(per_node(node, need) for node in cluster.live)
+
+
+def placeable_ever(cluster: Cluster, need: dict[str, float]) -> float:
+    """Workers the cluster could place at its largest: the live nodes, plus for each node group the
+    nodes it may still start (its max_count less its live nodes, matched by shape)."""
+    total: float = placeable_now(cluster, need)
+    for group in cluster.groups:
+        fit = per_node(group.resources, need)
+        if fit == 0:
+            continue
+        if group.max_count == UNBOUNDED:
+            return math.inf
+        running = sum(1 for node in cluster.live if _same_shape(node, group))
+        total += max(0, group.max_count - running) * fit
+    return total
+
+
+def verdict(cluster: Cluster, loop: LoopConfig, section: str) -> str:
+    """'now', 'later' (once the autoscaler adds nodes) or raises the one-line UserError."""
+    need = worker_resources(loop)
+    if placeable_now(cluster, need) >= loop.num_workers:
+        return "now"
+    if placeable_ever(cluster, need) >= loop.num_workers:
+        return "later"
+    want = f"{loop.num_workers} workers x ({loop.cpus_per_worker} CPU" + (", 1 GPU)" if loop.use_gpu else ")")
+    no_gpu_anywhere = not any(n.get("GPU") for n in cluster.live) and not any(
+        g.resources.get("GPU") for g in cluster.groups
+    )
+    key = "use_gpu" if loop.use_gpu and no_gpu_anywhere else "num_workers"
+    raise UserError(
+        f"config key '{section}.{key}': {want} cannot be placed on this Ray cluster, "
+        f"not even after autoscaling ({cluster.describe()})"
+    )
+
+
+def waiting_line(cluster: Cluster, loop: LoopConfig) -> str:
+    need = worker_resources(loop)
+    missing = loop.num_workers - placeable_now(cluster, need)
+    what = f"{missing} GPUs" if loop.use_gpu else f"{missing * loop.cpus_per_worker} CPUs"
+    return f"waiting for {what} from the autoscaler ({missing} more worker(s) to place)"
+
+
+# --- the live cluster ------------------------------------------------------------------------------
+def current_cluster() -> Cluster:
+    """The live nodes and the autoscaler's node types (none reported: a fixed cluster)."""
+    import ray
+    import ray._private.state
+
+    live = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    config = ray._private.state.state.get_cluster_config()
+    groups = [
+        NodeGroup(g.name, {k: float(v) for k, v in g.resources.items()}, int(g.max_count))
+        for g in (config.node_group_configs if config else ())
+        if g.resources and g.max_count != 0
+    ]
+    return Cluster(live, groups)
+
+
+def check_cluster(
+    loop: LoopConfig,
+    section: str,
+    log: Callable[[str], None] = print,
+    look: Callable[[], Cluster] = current_cluster,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    request: Callable[[list[dict[str, float]]], None] | None = None,
+) -> None:
+    """Return once the workers can be placed; fail in one line when they never can, or when the
+    autoscaler has not provided the nodes within `<section>.placement_timeout_s`."""
+    cluster = look()
+    if verdict(cluster, loop, section) == "now":
+        return
+    request = request or _request_resources
+    request([worker_resources(loop)] * loop.num_workers)  # start the nodes now, not when Ray Train asks
+    deadline = clock() + loop.placement_timeout_s
+    try:
+        log(f"[{section}] {waiting_line(cluster, loop)}, up to {loop.placement_timeout_s} s")
+        while verdict(cluster, loop, section) != "now":
+            if clock() >= deadline:
+                raise UserError(
+                    f"config key '{section}.placement_timeout_s': the autoscaler did not provide "
+                    f"{loop.num_workers} workers within {loop.placement_timeout_s} s ({cluster.describe()})"
+                )
+            sleep(POLL_S)
+            cluster = look()
+    finally:
+        request([])  # a standing request would keep GPU nodes up after the run
+
+
+def _request_resources(bundles: list[dict[str, float]]) -> None:
+    """Ask the autoscaler for these bundles at once (bypassing its upscaling speed); [] withdraws."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
