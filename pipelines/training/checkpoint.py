@@ -47,7 +47,10 @@ def rank_state_file(directory: str | Path, rank: int) -> Path:
     return Path(directory) / rank_state_rel(rank)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(cuda: Any = None) -> dict[str, Any]:
+    """The RNG states of this process: torch's CPU generator, numpy, python, and the generator of
+    this rank's own CUDA device only. A restarted rank may sit on another node, beside other
+    workers, where Ray gives it one visible device: the states of devices by index would not fit."""
     import numpy as np
     import torch
 
@@ -57,12 +60,14 @@ def rng_state() -> dict[str, Any]:
         "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
         "python": _jsonable(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    cuda = cuda or torch.cuda
+    if cuda.is_available():
+        state["cuda"] = cuda.get_rng_state(cuda.current_device()).tolist()
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], cuda: Any = None) -> None:
+    """Restore rng_state()'s states; the CUDA one into this rank's current device."""
     import numpy as np
     import torch
 
@@ -71,8 +76,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    cuda = cuda or torch.cuda
+    if "cuda" in state and cuda.is_available():
+        cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), cuda.current_device())
 
 
 def _jsonable(value: Any) -> Any:
