@@ -1,7 +1,8 @@
 """The consolidated model on disk: `config.json` + `model.safetensors` (+ tokenizer files).
 
 Weights are never pickled. The tied head (lm_head.weight == transformer.wte.weight) is stored once,
-as transformer.wte.weight, and re-tied on load. Tensors keep the dtype they were saved in.
+as transformer.wte.weight, and re-tied on load. Tensors keep the dtype they were saved in, unless
+load_model is given one; `inference_placement` picks the device and dtype to generate with.
 """
 
 from __future__ import annotations
@@ -120,3 +121,43 @@ def load_model(
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PlacementError(ValueError):
+    """A device or dtype a model cannot run with here; `setting` is "device" or "dtype", so that a
+    caller can name its own key for it."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
+
+
+def inference_placement(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) to load a model onto for generation.
+
+    device "auto" is cuda when torch sees a CUDA device, else cpu. dtype "auto" is bf16 on a CUDA
+    device that has it natively, else fp32 (bf16 matmuls are slow on most CPUs, and an fp32 model
+    gives the same tokens as before). PlacementError for cuda without a CUDA device, fp16 off CUDA
+    (slow, and its range overflows where bf16's does not) and bf16 on a GPU without it.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise PlacementError("device", f"device {device!r}: not a torch device (cpu, cuda, cuda:1)") from None
+    cuda = where.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise PlacementError("device", f"device {device!r}: torch sees no CUDA device")
+    if dtype == "auto":
+        dtype = "bf16" if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    if dtype not in DTYPES:
+        raise PlacementError("dtype", f"dtype {dtype!r}: expected auto, {', '.join(DTYPES)}")
+    if dtype == "fp16" and not cuda:
+        raise PlacementError("dtype", f"dtype 'fp16' needs a CUDA device, not {where.type}; use fp32 or bf16")
+    if dtype == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise PlacementError("dtype", "dtype 'bf16': this CUDA device lacks it; use fp16 or fp32")
+    return where, DTYPES[dtype]

@@ -4,6 +4,10 @@ Prompts of different lengths share one batch by left padding: each sequence's po
 at its first real token, and the attention mask hides the padding. Every step feeds one token per
 sequence; a sequence stops at EOS (finish_reason "eos", the EOS itself not returned) or after
 max_new_tokens or when the context is full ("length").
+
+Everything runs on the model's device (cache, masks, sampling, the seeded generator): a seed gives
+the same tokens on the same kind of device, and a GPU waits for the host once per token, to stop
+when every sequence is done.
 """
 
 from __future__ import annotations
@@ -118,12 +122,11 @@ def next_tokens(
 
 def _left_pad(prompts: list[list[int]], device: torch.device):
     """(B, width) ids right-aligned, their positions (0 at each first real token), left pad sizes."""
+    width = max(map(len, prompts))
+    # Built on the host and copied once: one small copy per prompt costs a GPU a sync each.
+    idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    width = int(lengths.max())
     pad = width - lengths
-    idx = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        idx[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
     positions = (torch.arange(width, device=device)[None, :] - pad[:, None]).clamp(min=0)
     return idx, positions, pad, lengths
 
@@ -183,7 +186,7 @@ def generate(
                 done |= stopped_by_eos
             n_new += (~done).long()
             done |= n_new >= budget
-            if bool(done.all()):
+            if bool(done.all()):  # the one host sync per token
                 break
             if seen is not None:
                 seen.scatter_(1, tok[:, None], True)

@@ -35,16 +35,13 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 def user_errors(main: Callable[[], int | None]) -> int:
-    """Run `main`; print a user error as one line and return 2."""
+    """Run `main`; print a user error as one line and return its exit code (2; a RunFailed 1)."""
     try:
         return main() or 0
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a UserError raised inside a Ray task or actor arrives wrapped
+    except Exception as exc:  # a UserError, also one raised inside a Ray task or actor (wrapped)
         cause = user_error_in(exc)
         if cause is None:
             raise

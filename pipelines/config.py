@@ -81,12 +81,19 @@ class TokenizerConfig(Section):
     seed: int = 0  # picks the sample: same corpus + seed => same sample => same tokenizer
     # Share of characters that get their own piece; rarer ones are written as UTF-8 byte pieces
     character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
+    # CPUs of the Ray task that trains it, and so its threads: a fixed count, not the host's (a pod
+    # sees the host's cores), and the same model on any node.
+    num_cpus: int = Field(2, ge=1)
 
 
 class ShardsConfig(Section):
     val_fraction: float = Field(0.005, ge=0.0, lt=1.0)  # by a stable hash of the document id
     shard_tokens: int = Field(100_000_000, ge=1000)  # target tokens per shard file
     num_actors: int | None = Field(None, ge=1)  # tokenizer actors; None = one per cluster CPU
+    # CPUs of the Ray task that writes the shard files (the encoded blocks stream to it, not to the
+    # driver). 0 fits a laptop, where the encoders need every CPU; on a cluster whose head takes no
+    # tasks (num-cpus 0) give it 1, so the token stream lands on a worker node, not the head pod.
+    writer_cpus: float = Field(0, ge=0)
 
 
 class ModelConfig(Section):
@@ -185,7 +192,17 @@ class GenerateConfig(Section):
     seed: int = 0  # with the same prompts and settings, the same output (any actor count)
     num_actors: int = Field(2, ge=1)  # Ray Data actors, each loads the model once
     cpus_per_actor: float = Field(1, gt=0)
-    batch_size: int = Field(16, ge=1)  # prompts per generate() call (and per seeded chunk)
+    use_gpu: bool = False  # each actor generates on a GPU of its own (or a share of one)
+    # An actor uses one device, so at most 1; below 1, several actors share a GPU (0.25: four).
+    num_gpus_per_actor: float = Field(1, gt=0, le=1)
+    # auto: bf16 on a GPU that has it, else fp32 (fp32 on CPU: the tokens of the saved fp32 model);
+    # fp16 needs use_gpu. A seed gives the same output on the same device type and dtype only.
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Prompts per generate() call (and per seeded chunk, so changing it changes the samples). Its KV
+    # cache is batch_size x context (<= block_size) x n_layer x 2 (keys, values) x n_embd values of
+    # the dtype: 36 MiB a prompt for GPT-2 124M (1024 x 12 x 2 x 768, bf16). 16 suits CPUs; on a
+    # GPU raise it (64-256) until the cache and the weights fill what the actor's share holds.
+    batch_size: int = Field(16, ge=1)
     # Prompts longer than block_size - max_new_tokens tokens: keep their last tokens, or reject them
     long_prompts: Literal["truncate", "reject"] = "truncate"
 

@@ -40,5 +40,7 @@ def causes(exc: BaseException | None) -> Iterator[BaseException]:
 
 
 def user_error_in(exc: BaseException | None) -> UserError | None:
-    """The UserError (or RunFailed) that caused `exc`, if one did."""
-    return next((e for e in causes(exc) if isinstance(e, UserError)), None)
+    """The UserError (or RunFailed) that caused `exc`, if one did: the innermost, since Ray re-raises
+    a task's UserError as a RayTaskError that is a UserError too, whose text is the traceback."""
+    found = [e for e in causes(exc) if isinstance(e, UserError)]
+    return found[-1] if found else None

@@ -7,6 +7,7 @@ import pytest
 import torch
 from gpt2_reference import VOCAB, hf_and_gpt2core
 
+from gpt2core.checkpoint import PlacementError, inference_placement
 from gpt2core.config import preset
 from gpt2core.generate import Sampling, generate, next_tokens
 from gpt2core.model import GPT
@@ -154,3 +155,42 @@ def test_bad_input_is_one_line(pair, prompts, kwargs, message):
     with pytest.raises(ValueError, match=message) as err:
         generate(ours, prompts, **kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "cuda, bf16, asked, expected",
+    [
+        (False, False, ("auto", "auto"), ("cpu", torch.float32)),
+        (True, True, ("auto", "auto"), ("cuda", torch.bfloat16)),
+        (True, False, ("auto", "auto"), ("cuda", torch.float32)),  # a GPU without bf16
+        (True, True, ("cpu", "auto"), ("cpu", torch.float32)),  # a GPU host asked for CPU
+        (False, False, ("cpu", "bf16"), ("cpu", torch.bfloat16)),
+        (True, True, ("cuda:1", "fp16"), ("cuda:1", torch.float16)),
+    ],
+)
+def test_device_and_dtype_for_generation(monkeypatch, cuda, bf16, asked, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    device, dtype = inference_placement(*asked)
+    assert (str(device), dtype) == expected
+
+
+@pytest.mark.parametrize(
+    "cuda, bf16, asked, setting, message",
+    [
+        (False, False, ("cpu", "fp16"), "dtype", "dtype 'fp16' needs a CUDA device, not cpu"),
+        (False, False, ("auto", "fp16"), "dtype", "dtype 'fp16' needs a CUDA device"),
+        (False, False, ("cuda", "auto"), "device", "device 'cuda': torch sees no CUDA device"),
+        (True, False, ("cuda", "bf16"), "dtype", "dtype 'bf16': this CUDA device lacks it"),
+        (False, False, ("gpu", "auto"), "device", "device 'gpu': not a torch device"),
+        (False, False, ("cpu", "int8"), "dtype", "dtype 'int8': expected auto, fp32, bf16, fp16"),
+    ],
+)
+def test_device_and_dtype_that_cannot_run_name_their_setting(
+    monkeypatch, cuda, bf16, asked, setting, message
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    with pytest.raises(PlacementError, match=f"^{message}") as err:
+        inference_placement(*asked)
+    assert err.value.setting == setting and "\n" not in str(err.value)

@@ -1,19 +1,33 @@
 """The `generate` stage: Ray Data on an actor pool over a registered model, on the session Ray and a
 real MLflow server. 1,000 prompts give 1,000 rows, twice identical with the same seed; bad lines are
-counted; over-long prompts are truncated or rejected, by config."""
+counted; over-long prompts are truncated or rejected, by config. The actors ask Ray for a GPU only
+with generate.use_gpu, and one that cannot be had is refused in one line, never served by a CPU."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 
 import mlflow
 import pyarrow.parquet as pq
 import pytest
+import torch
 from finetune_inputs import register_model, run_stage
-from prepared_workspace import docstring_documents, make_model_dir
+from prepared_workspace import docstring_documents, make_model_dir, run_in_repo
 
+from gpt2core.checkpoint import load_model
+from gpt2core.tokenizer import load_tokenizer
 from pipelines.errors import UserError
-from pipelines.generate.stage import generate_stage
+from pipelines.generate.stage import (
+    ChunkGenerator,
+    actor_resources,
+    chunks,
+    generate_chunk,
+    generate_dataset,
+    generate_stage,
+)
 
 NAME = "generate-test"
 N_PROMPTS = 1000
@@ -113,3 +127,95 @@ def test_long_prompts_rejected_by_config_and_missing_alias(
     cfg = generate_cfg(prepared_workspace, tmp_path / "ws2", small, f"generate.model_uri=models:/{NAME}@nope")
     with pytest.raises(UserError, match=r"generate\.model_uri.*no alias 'nope'"):
         run_stage(generate_stage(), cfg)
+
+
+# --- devices and resources -----------------------------------------------------------------------
+SETTINGS = {
+    "max_new_tokens": 5,
+    "temperature": 0.8,
+    "top_k": 20,
+    "top_p": None,
+    "seed": 3,
+    "long_prompts": "truncate",
+}
+SOME_PROMPTS = ["Return the number of", "Raise an error if", "The default is"]
+
+
+def test_actors_ask_for_gpus_only_with_use_gpu():
+    assert actor_resources(2, False, 0.5) == {"num_cpus": 2, "num_gpus": 0}
+    assert actor_resources(2, True, 0.5) == {"num_cpus": 2, "num_gpus": 0.5}
+    assert actor_resources(1, True, 1) == {"num_cpus": 1, "num_gpus": 1}
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"use_gpu": True}, "generate.use_gpu"),  # the session's Ray has no GPU
+        ({"cpus_per_actor": 3}, "generate.cpus_per_actor"),  # nor a node with 3 CPUs
+        ({"dtype": "fp16"}, "generate.dtype"),  # fp16 on CPU actors
+    ],
+)
+def test_actors_that_cannot_run_are_refused_on_the_driver(ray_local, overrides, key):
+    args = {"use_gpu": False, "cpus_per_actor": 1, "dtype": "auto", **overrides}
+    cpus = args.pop("cpus_per_actor")
+    items = chunks(["1"], ["a prompt"], 1)
+    with pytest.raises(UserError, match=rf"^config key '{key}'") as err:
+        generate_dataset(items, "no-such-model", None, SETTINGS, "v", 1, cpus, **args)
+    assert type(err.value) is UserError  # raised here, not re-raised from an actor by Ray
+    assert "\n" not in str(err.value)
+
+
+def test_a_cpu_actor_in_bf16_holds_bf16_weights_and_generates(model_dir):
+    bf16 = ChunkGenerator(str(model_dir), None, SETTINGS, "v1", use_gpu=False, dtype="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in bf16.model.parameters()} == {"cpu"}
+    batch = {"chunk": [0], "index": [[0, 1, 2]], "id": [["a", "b", "c"]], "prompt": [SOME_PROMPTS]}
+    rows = bf16(batch)
+    assert rows["prompt_id"] == ["a", "b", "c"] and rows["model_version"] == ["v1"] * 3
+    assert all(n > 0 or r == "eos" for n, r in zip(rows["completion_tokens"], rows["finish_reason"]))
+
+
+def test_a_cpu_actor_in_auto_gives_the_tokens_of_the_saved_fp32_model(model_dir):
+    auto = ChunkGenerator(str(model_dir), None, SETTINGS, "v1")
+    assert {p.dtype for p in auto.model.parameters()} == {torch.float32}
+    saved = load_model(model_dir)  # the dtype it was saved in: what the actors loaded before
+    expected = generate_chunk(saved, load_tokenizer(model_dir), SOME_PROMPTS, SETTINGS, 4)
+    assert generate_chunk(auto.model, auto.tokenizer, SOME_PROMPTS, SETTINGS, 4) == expected
+
+
+FAKE_GPU_CLUSTER = """
+import json, sys
+import ray
+from pipelines.generate.stage import chunks, generate_dataset
+
+# A Ray that believes in one GPU, on a machine where torch sees none
+ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    generate_dataset(chunks(["1"], ["a prompt"], 1), sys.argv[1], None, json.loads(sys.argv[2]), "v", 1, 1,
+                     use_gpu=True, num_gpus_per_actor=0.5)
+    print("GENERATED")
+except Exception as exc:
+    print("REFUSED", type(exc).__name__, json.dumps(str(exc)))
+finally:
+    ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_gpu_actor_that_finds_no_cuda_device_refuses_to_run_on_cpu(model_dir):
+    """Ray places the actor on the GPU it was told of, so the actor's num_gpus request reached it and
+    Ray gave it GPU 0; torch sees no CUDA device, and the actor stops instead of generating on CPU."""
+    proc = run_in_repo(
+        [sys.executable, "-c", FAKE_GPU_CLUSTER, str(model_dir), json.dumps(SETTINGS)],
+        env={**os.environ, "RAY_ADDRESS": ""},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [outcome] = [line.split(" ", 2) for line in proc.stdout.splitlines() if line.startswith("REFUSED ")]
+    # Ray hands an error of an actor's __init__ back as text only: the UserError is in its traceback
+    assert outcome[1] == "ActorDiedError"
+    assert re.search(
+        r"UserError: config key 'generate.use_gpu': Ray gave this actor GPUs \['?0'?\] "
+        r"but device 'cuda': torch sees no CUDA device",
+        json.loads(outcome[2]),
+    ), outcome[2][-3000:]

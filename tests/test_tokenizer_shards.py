@@ -144,6 +144,7 @@ def test_tokenizer_publishes_model_vocab_hf_files_and_manifest(built):
     assert sp.id_to_piece(info["eos_id"]) == info["eos_piece"] == "<|endoftext|>"
     assert sp.id_to_piece(info["unk_id"]) == "<unk>" and info["bos_id"] is None and info["pad_id"] is None
     assert info["model_type"] == "bpe" and info["train_seconds"] > 0
+    assert info["train_threads"] == 2  # tokenizer.num_cpus: the task's CPUs, not the host's cores
     assert info["sample_docs"] == len(docs)  # the corpus is smaller than tokenizer.sample_docs
     assert info["sample_bytes"] == sum(len(t.encode()) for _, t in docs)
     config = json.loads((tok_dir / "tokenizer_config.json").read_text())
@@ -185,7 +186,7 @@ def test_unigram_option_is_lossless_and_hf_decodes_it(built, tmp_path):
     runner, _ = built
     cfg = load_config(None, ["tokenizer.model_type=unigram", "tokenizer.vocab_size=800"]).tokenizer
     sample = CorpusSample(runner.ws, corpus_data_files(runner.ws, runner.published("corpus").dir), 10**6, 0)
-    sp = load_sentencepiece(train_sentencepiece(sample.lines(), cfg, sample))
+    sp = load_sentencepiece(train_sentencepiece(sample.lines(), cfg, sample, 2))
     assert sp.get_piece_size() == 800
     texts = [t for _, t in corpus_docs(runner)][:200] + ADVERSARIAL
     ids = encode_lossless(sp, texts)
@@ -206,7 +207,7 @@ def test_sample_is_reproducible_and_seeded(built):
         chosen = CorpusSample(runner.ws, files, 100, seed)
         lines = list(chosen.lines())
         assert chosen.docs == 100
-        return lines, train_sentencepiece(lines, cfg, chosen)
+        return lines, train_sentencepiece(lines, cfg, chosen, 2)
 
     first, model = sample(seed=1)
     again, model_again = sample(seed=1)
@@ -217,8 +218,16 @@ def test_sample_is_reproducible_and_seeded(built):
 
 def test_vocab_larger_than_the_sample_supports_names_the_key(built):
     _, runner = built
-    with pytest.raises(UserError, match=r"'tokenizer\.vocab_size': 30000 is more than .*at most \d+"):
+    with pytest.raises(UserError, match=r"'tokenizer\.vocab_size': 30000 is more than .*at most \d+") as info:
         runner("tokenizer.vocab_size=30000", "tokenizer.sample_docs=20").run(stages=["tokenizer"])
+    assert "\n" not in str(info.value)  # raised in the training task, still one line on the driver
+
+
+def test_the_tokenizer_trains_in_a_task_with_its_configured_cpus(built):
+    _, runner = built
+    one = runner("tokenizer.num_cpus=1")
+    one.run(stages=["tokenizer"])
+    assert published(one, "tokenizer")[1]["tokenizer"]["train_threads"] == 1
 
 
 def test_corpus_without_manifest_is_refused(built, tmp_path):
@@ -292,6 +301,13 @@ def test_output_is_the_same_with_another_actor_count(built):
     other.run(stages=["shards"])
     _, again = published(other, "shards")
     assert again["files"] == manifest["files"] and again["splits"] == manifest["splits"]
+
+
+def test_a_writer_task_that_would_starve_the_encoders_is_refused(built):
+    """2 CPUs: a writer holding one leaves none for the encoders beside the reader (Ray Data hangs)."""
+    _, runner = built
+    with pytest.raises(UserError, match=r"^config key 'shards.writer_cpus': 1 of the cluster's 2 CPUs"):
+        runner("shards.writer_cpus=1").run(stages=["shards"])
 
 
 def test_shards_stage_logs_counts_to_mlflow(built):

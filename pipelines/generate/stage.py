@@ -3,9 +3,11 @@
 The driver reads the prompts (JSONL, Parquet or a text file with a prompt a line; a bad line or a
 record without a prompt is a counted reject), resolves `generate.model_uri` (default
 models:/<registered_model>@champion) to one version, and cuts the prompts into chunks of
-`batch_size`. Ray Data `map_batches` runs an actor pool: each actor loads the model once and
-generates each chunk with gpt2core's KV-cache sampler, seeded by (seed, chunk number) - so the
-output depends on the seed and the prompts, not on the actor count or on which actor ran a chunk.
+`batch_size`. Ray Data `map_batches` runs an actor pool: each actor loads the model once, onto its
+GPU (`generate.use_gpu`, a share of one with num_gpus_per_actor < 1) or its CPUs, in
+`generate.dtype`, and generates each chunk with gpt2core's KV-cache sampler, seeded by (seed, chunk
+number) - so the output depends on the seed, the prompts, the device type and the dtype, not on the
+actor count or on which actor ran a chunk.
 Output: Parquet under <workspace>/generations/<id>/data/ with prompt index and id, prompt,
 completion, token counts, finish reason ("eos", "length", or "prompt_too_long" when rejected),
 whether the prompt was truncated, and the model version.
@@ -135,7 +137,15 @@ def chunks(ids: list[str], prompts: list[str], size: int) -> list[dict]:
 class ChunkGenerator:
     """A Ray Data actor: the model is loaded once; each call generates whole chunks."""
 
-    def __init__(self, model_uri: str, tracking_uri: str | None, settings: dict, version: str):
+    def __init__(
+        self,
+        model_uri: str,
+        tracking_uri: str | None,
+        settings: dict,
+        version: str,
+        use_gpu: bool = False,
+        dtype: str = "auto",
+    ):
         import tempfile
 
         import mlflow
@@ -146,9 +156,10 @@ class ChunkGenerator:
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
+        device, torch_dtype = actor_placement(use_gpu, dtype)  # before the download: fail fast
         self._tmp = tempfile.TemporaryDirectory(prefix="generate-model-")
         model_dir = model_dir_of(model_uri, self._tmp.name)
-        self.model, self.tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+        self.model, self.tokenizer = load_model(model_dir, device, torch_dtype), load_tokenizer(model_dir)
         self.settings, self.version = settings, version
 
     def __call__(self, batch: dict) -> dict:
@@ -223,6 +234,53 @@ def resolve_model_uri(cfg: Config) -> tuple[str, str]:
     return uri, "none"
 
 
+# --- where the actors run ------------------------------------------------------------------------
+def actor_resources(cpus_per_actor: float, use_gpu: bool, num_gpus_per_actor: float) -> dict[str, float]:
+    """What each actor asks Ray for: map_batches' num_cpus and num_gpus."""
+    return {"num_cpus": cpus_per_actor, "num_gpus": num_gpus_per_actor if use_gpu else 0}
+
+
+def actor_placement(use_gpu: bool, dtype: str):
+    """(torch device, dtype) of an actor: cuda when it asked for a GPU (Ray Data sets the actor's
+    CUDA_VISIBLE_DEVICES, so cuda is its GPU), else cpu. A missing GPU is an error, never a silent
+    fall back to the CPU."""
+    from gpt2core.checkpoint import PlacementError, inference_placement
+
+    try:
+        return inference_placement("cuda" if use_gpu else "cpu", dtype)
+    except PlacementError as exc:
+        if exc.setting == "dtype":
+            raise UserError(f"config key 'generate.dtype': {exc}") from None
+        import ray
+
+        raise UserError(
+            f"config key 'generate.use_gpu': Ray gave this actor GPUs {ray.get_gpu_ids()} but {exc}"
+        ) from None
+
+
+def check_placement(resources: dict[str, float], dtype: str) -> None:
+    """Fail on the driver, in one line, before any actor starts: when no live node can hold one
+    actor (Ray Data would wait forever; the pool starts with as many actors as fit, so one is
+    enough), and a dtype that CPU actors cannot run. It mirrors the training stage's check of its
+    workers on the live cluster."""
+    import ray
+
+    if not resources["num_gpus"]:
+        actor_placement(False, dtype)
+    need = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(r, 0.0) >= amount for r, amount in need.items()) for node in nodes):
+        return
+    most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    key = "use_gpu" if need["GPU"] > most_gpus else "cpus_per_actor"
+    total = ray.cluster_resources()
+    raise UserError(
+        f"config key 'generate.{key}': an actor needs {need['CPU']:g} CPU and {need['GPU']:g} GPU on one "
+        f"node; this Ray cluster has no such node ({total.get('CPU', 0):g} CPUs, "
+        f"{total.get('GPU', 0):g} GPUs on {len(nodes)} node(s))"
+    )
+
+
 def generate_dataset(
     items: list[dict],
     model_uri: str,
@@ -231,10 +289,16 @@ def generate_dataset(
     version: str,
     num_actors: int,
     cpus_per_actor: float,
+    *,
+    use_gpu: bool = False,
+    num_gpus_per_actor: float = 1,
+    dtype: str = "auto",
 ):
     """(materialized Ray Dataset of OUTPUT_COLUMNS rows, seconds): the chunks through the actor pool."""
     import ray
 
+    resources = actor_resources(cpus_per_actor, use_gpu, num_gpus_per_actor)
+    check_placement(resources, dtype)
     dataset = ray.data.from_items(items, override_num_blocks=min(len(items), num_actors * 4))
     out = dataset.map_batches(
         ChunkGenerator,
@@ -243,10 +307,12 @@ def generate_dataset(
             "tracking_uri": tracking_uri,
             "settings": settings,
             "version": version,
+            "use_gpu": use_gpu,
+            "dtype": dtype,
         },
         batch_size=1,
         concurrency=num_actors,
-        num_cpus=cpus_per_actor,
+        **resources,
     )
     started = time.perf_counter()
     out = out.materialize()
@@ -278,7 +344,11 @@ def run_generate(ctx: StageContext) -> dict[str, Any]:
             f"config key 'generate.prompts': {path} holds no usable prompt ({len(rejects)} rejected)"
         )
     uri, version = resolve_model_uri(ctx.cfg)
-    ctx.log(f"[generate] {len(prompts)} prompts from {path} with {uri} on {g.num_actors} actors")
+    where = f"{g.num_gpus_per_actor:g} GPU" if g.use_gpu else f"{g.cpus_per_actor:g} CPU"
+    ctx.log(
+        f"[generate] {len(prompts)} prompts from {path} with {uri} on {g.num_actors} actors "
+        f"({where} each, dtype {g.dtype})"
+    )
     out, seconds = generate_dataset(
         chunks(ids, prompts, g.batch_size),
         uri,
@@ -287,6 +357,9 @@ def run_generate(ctx: StageContext) -> dict[str, Any]:
         version,
         g.num_actors,
         g.cpus_per_actor,
+        use_gpu=g.use_gpu,
+        num_gpus_per_actor=g.num_gpus_per_actor,
+        dtype=g.dtype,
     )
     out.write_parquet(ctx.ws.path(f"{ctx.out}/data"), filesystem=ctx.ws.fs)
     rows, tokens, truncated, reasons = output_counts(out)
@@ -309,4 +382,5 @@ def run_generate(ctx: StageContext) -> dict[str, Any]:
         "prompts_per_s": len(prompts) / seconds,
         "settings": sampling_settings(g),
         "num_actors": g.num_actors,
+        "actor_resources": actor_resources(g.cpus_per_actor, g.use_gpu, g.num_gpus_per_actor),
     }

@@ -105,9 +105,13 @@ def log_model(model_dir: str | Path) -> str:
     """Log `model_dir` as a pyfunc model into the active MLflow run; returns its model URI."""
     import mlflow
 
+    from pipelines.registry.pyfunc import MODEL_CONFIG
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # advice on type hints and input examples
         info = mlflow.pyfunc.log_model(
+            # logged with its keys, so a load-time model_config (or MLflow's serving env) overrides them
+            model_config=dict(MODEL_CONFIG),
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_FILE),
             artifacts={"model_dir": str(model_dir)},

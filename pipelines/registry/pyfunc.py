@@ -9,6 +9,12 @@ only gpt2core, torch and mlflow, never the rest of `pipelines`. Then
 returns one completion (the new text only) per prompt, and `mlflow models serve --env-manager local`
 serves the same. Sampling parameters are params with defaults: top_k=0 and top_p=1.0 switch those
 filters off, seed=-1 samples without a fixed seed, temperature=0 is greedy.
+
+Where it runs is the model config, MODEL_CONFIG: device "auto" is the GPU when torch sees one,
+dtype "auto" bf16 there and fp32 on CPU, and batch_size prompts share one generate() call (its KV
+cache grows with it: raise it on a GPU). MLflow hands a load-time `model_config={...}` (or
+MLFLOW_PYFUNC_INFERENCE_CONFIG) to load_context only for the keys the model was logged with, so a
+model logged with `model_config=MODEL_CONFIG` can be told where to run when it is loaded.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from mlflow.models import set_model
 
 MODEL_DIR_ARTIFACT = "model_dir"
 PARAMS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": -1}
-BATCH = 16  # prompts per generate() call: bounds the KV cache
+MODEL_CONFIG: dict[str, Any] = {"device": "auto", "dtype": "auto", "batch_size": 16}
 
 
 def prompts_of(model_input: Any) -> list[str]:
@@ -36,11 +42,14 @@ def prompts_of(model_input: Any) -> list[str]:
 
 class GPT2Completions(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from gpt2core.checkpoint import load_model
+        from gpt2core.checkpoint import inference_placement, load_model
         from gpt2core.tokenizer import load_tokenizer
 
+        settings = {**MODEL_CONFIG, **(context.model_config or {})}
+        device, dtype = inference_placement(str(settings["device"]), str(settings["dtype"]))
+        self.batch_size = int(settings["batch_size"])
         model_dir = context.artifacts[MODEL_DIR_ARTIFACT]
-        self.model = load_model(model_dir)
+        self.model = load_model(model_dir, device, dtype)
         self.tokenizer = load_tokenizer(model_dir)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
@@ -52,10 +61,10 @@ class GPT2Completions(mlflow.pyfunc.PythonModel):
         # An empty prompt starts from end-of-text, as GPT-2 samples unconditionally.
         ids = [(self.tokenizer.encode(text) or [eos])[-keep:] for text in prompts_of(model_input)]
         completions: list[str] = []
-        for start in range(0, len(ids), BATCH):
+        for start in range(0, len(ids), self.batch_size):
             results = generate(
                 self.model,
-                ids[start : start + BATCH],
+                ids[start : start + self.batch_size],
                 int(p["max_new_tokens"]),
                 greedy=float(p["temperature"]) == 0.0,
                 temperature=float(p["temperature"]) or 1.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from pipelines.config import Config
+from pipelines.errors import UserError, user_error_in
 
 
 def init_ray(cfg: Config) -> None:
@@ -36,3 +37,14 @@ def cluster_cpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("CPU", 0))
+
+
+def get(ref):
+    """ray.get, where a UserError raised in the task comes back as itself: one line, not Ray's
+    wrapper holding the remote traceback."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except UserError as exc:
+        raise user_error_in(exc) from None

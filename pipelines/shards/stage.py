@@ -3,9 +3,9 @@
 Publishes `<ws>/shards/<fp12>/`: train-00000.arrow ..., val-00000.arrow ... (Arrow IPC files,
 uncompressed, one flat `tokens` column: documents back to back, each followed by EOS) and a
 manifest (see gpt2core/data.py, which reads them). Documents are encoded by a pool of Ray actors
-that each load the tokenizer once and encode a batch of documents per call; the driver receives
-the encoded blocks in corpus order and streams them into the shard files, so the output is the same
-for the same input and the driver never holds the corpus. A document goes to `val` when a stable
+that each load the tokenizer once and encode a batch of documents per call; one writer task
+(`shards.writer_cpus`) receives the encoded blocks in corpus order and streams them into the shard
+files, so the output is the same for the same input and no process holds the corpus. A document goes to `val` when a stable
 hash of its id falls below `shards.val_fraction`, so a document keeps its split as the corpus grows.
 """
 
@@ -98,8 +98,26 @@ def write_shards(
     first_index: dict[str, int] | None = None,
 ) -> WrittenShards:
     """Tokenize the corpus data `files` into `<out>/<split>-NNNNN.arrow`, numbered from
-    first_index[split] (a refresh appends to its parent's files)."""
-    first_index = first_index or {}
+    first_index[split] (a refresh appends to its parent's files). A Ray task of
+    `shards.writer_cpus` CPUs consumes the encoded blocks and writes the files."""
+    import ray
+
+    from pipelines.runtime.ray import cluster_cpus, get
+
+    if cfg.writer_cpus and cluster_cpus() - cfg.writer_cpus < 2:
+        raise UserError(  # Ray Data would wait forever for a CPU to read and one to encode
+            f"config key 'shards.writer_cpus': {cfg.writer_cpus:g} of the cluster's {cluster_cpus():g} CPUs "
+            "leave too few for a reader and an encoder (2); use 0"
+        )
+    task = ray.remote(_write_shards).options(num_cpus=cfg.writer_cpus)
+    return get(task.remote(ws, out, files, model, dtype, val_split, cfg, first_index or {}))
+
+
+def _write_shards(ws, out, files, model, dtype, val_split, cfg: ShardsConfig, first_index) -> WrittenShards:
+    from ray.data import DataContext, ExecutionResources
+
+    # Ray Data would count this task's own CPUs as free for its readers and encoders.
+    DataContext.get_current().execution_options.exclude_resources = ExecutionResources(cpu=cfg.writer_cpus)
     writers = {s: SplitWriter(ws, out, s, dtype, cfg.shard_tokens, first_index.get(s, 0)) for s in SPLITS}
     empty_docs = 0
     for block in encoded_blocks(ws, files, model, dtype, val_split, cfg.num_actors):

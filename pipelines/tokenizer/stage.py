@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import io
-import os
 import posixpath
 import re
 import time
@@ -57,27 +56,29 @@ def tokenizer_stage() -> Stage:
         run_tokenizer,
         sections=("tokenizer",),
         inputs=("corpus",),
-        needs_ray=False,
         summary="train SentencePiece on a sample of the corpus; export a Hugging Face tokenizer",
     )
 
 
 def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    import ray
+
+    from pipelines.runtime.ray import get
     from pipelines.tokenizer.hf_files import write_hf_files
 
     cfg = ctx.cfg.tokenizer
     files = CorpusOutput.of(ctx.inputs["corpus"]).data_files(ctx.ws)
-    sample = CorpusSample(ctx.ws, files, cfg.sample_docs, cfg.seed)
-    started = time.perf_counter()
-    model = train_sentencepiece(sample.lines(), cfg, sample)
-    train_seconds = time.perf_counter() - started
+    # A task sized by tokenizer.num_cpus on a node with the CPUs, not the driver on a small head.
+    task = ray.remote(train_on_sample).options(num_cpus=cfg.num_cpus)
+    trained = get(task.remote(ctx.ws, files, cfg))
+    model, sample = trained["model"], trained["sample"]
     sp = load_sentencepiece(model)
     ctx.ws.write_bytes(posixpath.join(ctx.out, SPM_FILE), model)
     ctx.ws.write_bytes(posixpath.join(ctx.out, "spm.vocab"), vocab_text(sp).encode())
     write_hf_files(ctx.ws, ctx.out, sp, cfg.model_type)
     ctx.log(
-        f"[tokenizer] vocab {sp.get_piece_size()} ({cfg.model_type}) from {sample.docs} docs, "
-        f"{sample.bytes / 1e6:.1f} MB in {train_seconds:.1f}s"
+        f"[tokenizer] vocab {sp.get_piece_size()} ({cfg.model_type}) from {sample['docs']} docs, "
+        f"{sample['bytes'] / 1e6:.1f} MB in {trained['seconds']:.1f}s ({trained['threads']} threads)"
     )
     return {
         "tokenizer": {
@@ -89,10 +90,29 @@ def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
             "bos_id": None,  # none: prime generation with eos_id, as GPT-2 does
             "pad_id": None,  # none: pad with eos_id and mask the loss
             "model_type": cfg.model_type,
-            "sample_docs": sample.docs,
-            "sample_bytes": sample.bytes,
-            "train_seconds": round(train_seconds, 3),
+            "sample_docs": sample["docs"],
+            "sample_bytes": sample["bytes"],
+            "train_seconds": round(trained["seconds"], 3),
+            "train_threads": trained["threads"],
+            "train_node": trained["node"],
         }
+    }
+
+
+def train_on_sample(ws: Workspace, files: list[str], cfg: TokenizerConfig) -> dict[str, Any]:
+    """In a Ray task: sample the corpus, train with as many threads as the task has CPUs."""
+    import ray
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    sample = CorpusSample(ws, files, cfg.sample_docs, cfg.seed)
+    started = time.perf_counter()
+    model = train_sentencepiece(sample.lines(), cfg, sample, threads)
+    return {
+        "model": model,
+        "sample": {"docs": sample.docs, "bytes": sample.bytes},
+        "seconds": time.perf_counter() - started,
+        "threads": threads,
+        "node": ray.get_runtime_context().get_node_id(),
     }
 
 
@@ -132,7 +152,7 @@ class CorpusSample:
 
 
 # --- SentencePiece -------------------------------------------------------------------------------
-def train_sentencepiece(lines: Iterable[str], cfg: TokenizerConfig, sample: CorpusSample) -> bytes:
+def train_sentencepiece(lines: Iterable[str], cfg: TokenizerConfig, sample: CorpusSample, threads: int) -> bytes:
     """The serialized model; a UserError naming `tokenizer.vocab_size` when the sample is too small."""
     import sentencepiece as spm
 
@@ -144,7 +164,7 @@ def train_sentencepiece(lines: Iterable[str], cfg: TokenizerConfig, sample: Corp
             vocab_size=cfg.vocab_size,
             model_type=cfg.model_type,
             character_coverage=cfg.character_coverage,
-            num_threads=os.cpu_count() or 1,
+            num_threads=threads,
             **TRAINER_OPTIONS,
         )
     except RuntimeError as exc:
