@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO stages 0-3 (and offload, and bf16) train the tiny model on 2 CPU workers.
 
 One TorchTrainer run trains every variant in turn inside its worker function, with the loop's own
-building blocks (make_engine, train_step, full_state_dict) on the real shards, and rank 0 writes
+building blocks (make_engine, train_step, consolidated_weights) on the real shards, and rank 0 writes
 each variant's loss curve and consolidated weights for the test to compare.
 """
 
@@ -29,7 +29,9 @@ VARIANTS = {
     "zero3_offload_params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
     "zero2_bf16": {"zero_stage": 2, "precision": "bf16"},
     "zero0_bf16": {"zero_stage": 0, "precision": "bf16"},  # DeepSpeed's DDP bf16 path (no ZeRO)
+    "lora_zero2_bf16": {"zero_stage": 2, "precision": "bf16"},  # with LORA: frozen base weights
 }
+LORA = {"lora_zero2_bf16"}
 
 
 def train_variants(config: dict) -> None:
@@ -38,7 +40,8 @@ def train_variants(config: dict) -> None:
     import ray.train.torch
     from safetensors.torch import save_file
 
-    from pipelines.training.engine import LoopSpec, full_state_dict, make_engine, train_step
+    from gpt2core.lora import LoraConfig
+    from pipelines.training.engine import LoopSpec, consolidated_weights, make_engine, train_step
     from pipelines.training.task import PretrainTask
 
     context = ray.train.get_context()
@@ -48,7 +51,8 @@ def train_variants(config: dict) -> None:
     results = {}
     for name, overrides in VARIANTS.items():
         loop = LoopConfig(**{**config["loop"], **overrides})
-        spec = LoopSpec(loop=loop, gpt=config["gpt"], task=task)
+        lora = LoraConfig(rank=4) if name in LORA else None
+        spec = LoopSpec(loop=loop, gpt=config["gpt"], task=task, lora=lora)
         engine, precision = make_engine(spec, world, device)
         source = task.train_source(rank, world, config["gpt"]["block_size"], loop.seed)
         losses, norms = [], []
@@ -56,7 +60,7 @@ def train_variants(config: dict) -> None:
             loss, norm = train_step(engine, source, loop.micro_batch_size, loop.lr, device)
             losses.append(loss)
             norms.append(norm)
-        weights = full_state_dict(engine, rank)
+        weights = consolidated_weights(engine, spec, rank)
         if rank == 0:
             save_file(weights, f"{config['out']}/{name}.safetensors")
             results[name] = {"losses": losses, "norms": norms, "precision": precision}
@@ -158,6 +162,37 @@ def test_bf16_trains_on_cpu_with_and_without_zero(variants):
         losses = results[name]["losses"]
         assert losses[-1] < losses[0] - 0.5, name
         assert max(abs(a - b) for a, b in zip(losses, reference)) < 0.1, name  # bf16 rounding, same path
+
+
+@pytest.mark.slow
+def test_lora_in_bf16_exports_the_fp32_base_weights_unrounded(variants):
+    from gpt2core.config import preset
+    from gpt2core.model import GPT
+
+    results, weights = variants
+    assert results["lora_zero2_bf16"]["precision"] == "bf16"
+    torch.manual_seed(LoopConfig().seed)
+    initial = GPT(preset("tiny", 512, block_size=64)).state_dict()
+    exported = weights["lora_zero2_bf16"]
+    base = exported["transformer.h.0.mlp.c_fc.base.weight"]
+    assert base.dtype == torch.float32 and torch.equal(base, initial["transformer.h.0.mlp.c_fc.weight"])
+    assert not torch.equal(base, base.bfloat16().float())  # what the bf16 module copy would give
+    assert exported["transformer.h.0.mlp.c_fc.lora_B"].abs().sum() > 0  # the adapters did train
+
+
+def test_tf32_is_allowed_for_fp32_matmuls_on_cuda_only():
+    from pipelines.training.engine import allow_tf32
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32  # torch's own switches: no monkeypatch can undo them
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        allow_tf32("cpu")
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        allow_tf32("cuda")
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
 # --- the generated DeepSpeed config (no workers) -------------------------------------------------

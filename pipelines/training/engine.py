@@ -76,6 +76,16 @@ def make_optimizer(model, loop: LoopConfig):
     return torch.optim.AdamW(groups, lr=loop.lr, betas=betas, eps=1e-8)
 
 
+def allow_tf32(device_type: str) -> None:
+    """fp32 matmuls and convolutions on TF32 tensor cores (Ampere and later): ~8x the fp32 rate at
+    a 10-bit mantissa, which training tolerates (nanoGPT, torchtitan do the same). Off on CPU."""
+    import torch
+
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def make_engine(spec: LoopSpec, world_size: int, device) -> tuple[Any, str]:
     """(DeepSpeed engine, resolved precision). deepspeed.initialize finds Ray's process group
     already initialised and uses it (gloo on CPU, NCCL on GPUs)."""
@@ -85,6 +95,7 @@ def make_engine(spec: LoopSpec, world_size: int, device) -> tuple[Any, str]:
     from pipelines.training.deepspeed import deepspeed_config, resolve_precision
 
     precision = resolve_precision(spec.loop.precision, device.type, get_accelerator().is_bf16_supported())
+    allow_tf32(device.type)
     model = build_model(spec).to(device)
     config = deepspeed_config(spec.loop, world_size, precision, device.type)
     engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(model, spec.loop), config=config)
@@ -136,6 +147,22 @@ def full_state_dict(engine, rank: int) -> dict[str, Any]:
         if rank == 0:
             tensor = full if full is not None else param
             state[name] = tensor.detach().float().cpu().clone()
+    return state
+
+
+def consolidated_weights(engine, spec: LoopSpec, rank: int) -> dict[str, Any]:
+    """Collective: full_state_dict, with the frozen parameters (LoRA's base weights) from their fp32
+    source. In bf16/fp16 the engine holds a frozen parameter in that dtype only - nothing trains it,
+    so there is no fp32 master to gather - and exporting it would round the base model. Frozen means
+    unchanged since build_model, so rank 0 rebuilds them from there, bit for bit."""
+    import torch
+
+    state = full_state_dict(engine, rank)
+    frozen = [name for name, p in engine.module.named_parameters() if not p.requires_grad]
+    if rank == 0 and frozen:
+        with torch.random.fork_rng(devices=[]):  # build_model reseeds: keep this process's RNG as it was
+            source = dict(build_model(spec).named_parameters())
+        state.update({name: source[name].detach().float().clone() for name in frozen})
     return state
 
 

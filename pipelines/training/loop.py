@@ -22,8 +22,8 @@ from pipelines.training.checkpoint import TrainState
 from pipelines.training.engine import (
     MODEL_DIR,
     LoopSpec,
+    consolidated_weights,
     evaluate_engine,
-    full_state_dict,
     make_engine,
     train_step,
     write_model,
@@ -193,7 +193,9 @@ class Worker:
         directory = staging_dir("ckpt-")
         train_checkpoint.save(self.engine, directory, self.rank, state, self.source, extra)
         if final:
-            weights = full_state_dict(self.engine, self.rank)  # every rank: gathers partitions
+            weights = consolidated_weights(
+                self.engine, self.spec, self.rank
+            )  # every rank: gathers partitions
             if self.rank == 0:
                 self._say(f"[{self.spec.label}] consolidated the weights (ZeRO stage {self.loop.zero_stage})")
                 write_model(weights, self.spec, Path(directory) / MODEL_DIR)
