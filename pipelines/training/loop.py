@@ -29,6 +29,7 @@ from pipelines.training.engine import (
     write_model,
 )
 from pipelines.training.metrics import MetricsLog, Progress, memory_mb, say
+from pipelines.training.prefetch import prefetched
 
 METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_mb", "tokens")
 EVAL_KEYS = ("val_loss", "val_ppl", "val_bpb")
@@ -71,7 +72,8 @@ class Worker:
         self.engine, self.precision = make_engine(spec, self.world_size, self.device)
         self.timing["engine_s"] = time.perf_counter() - started
         self.timing["torch_threads"] = _torch_threads()
-        self.source = spec.task.train_source(rank, self.world_size, self.block_size, loop.seed)
+        source = spec.task.train_source(rank, self.world_size, self.block_size, loop.seed)
+        self.source = prefetched(source, self.device, loop.micro_batch_size)
         self.tokens_per_byte = spec.task.eval_tokens_per_byte()
         state, resumed = self._restore()
         self.state = state  # evaluations record early stopping in it, checkpoints save it
