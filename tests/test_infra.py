@@ -464,14 +464,29 @@ def test_bucket_example_pods_share_no_volume_and_cache_on_their_node():
                 assert not plain, f"{where}: {sorted(plain)} in plain env: use the Secret"
                 secrets = [s for s in container.get("envFrom") or [] if "secretRef" in s]
                 assert secrets, f"{where}: no Secret for the credentials (envFrom secretRef)"
-                volume = cache_volume(container, pod, env)
-                assert volume is not None, (
-                    f"{where}: PIPELINES_CACHE_DIR {env.get('PIPELINES_CACHE_DIR')!r} is on no volume"
-                )
-                on_disk = "emptyDir" in volume and (volume["emptyDir"] or {}).get("medium") != "Memory"
-                assert on_disk or "hostPath" in volume, (
-                    f"{where}: cache volume {volume['name']} is not the node's disk"
-                )
+                assert_cache_on_node_disk(container, pod, env, where)
+
+
+def assert_cache_on_node_disk(container: dict, pod: dict, env: dict[str, str], where: str) -> None:
+    volume = cache_volume(container, pod, env)
+    assert volume is not None, (
+        f"{where}: PIPELINES_CACHE_DIR {env.get('PIPELINES_CACHE_DIR')!r} is on no volume"
+    )
+    on_disk = "emptyDir" in volume and (volume["emptyDir"] or {}).get("medium") != "Memory"
+    assert on_disk or "hostPath" in volume, f"{where}: cache volume {volume['name']} is not the node's disk"
+
+
+def test_every_ray_pod_stages_checkpoints_and_downloads_on_its_nodes_disk():
+    """PIPELINES_CACHE_DIR (checkpoint staging, bucket downloads) on an emptyDir or hostPath of the
+    node in every RayCluster, whichever the workspace: not the image's writable layer or /tmp."""
+    clusters = k8s_objects("RayCluster")
+    assert len(clusters) >= 2
+    for source, cluster in clusters:
+        for group, template in ray_pods(cluster):
+            for container in template["spec"]["containers"]:
+                env = container_env(container, cluster["metadata"]["namespace"])
+                where = f"{source}: {cluster['metadata']['name']}/{group}"
+                assert_cache_on_node_disk(container, template["spec"], env, where)
 
 
 def test_bucket_example_jobs_use_a_bucket_workspace_and_the_mlflow_server():
