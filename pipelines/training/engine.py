@@ -96,9 +96,16 @@ def make_engine(spec: LoopSpec, world_size: int, device) -> tuple[Any, str]:
 
     precision = resolve_precision(spec.loop.precision, device.type, get_accelerator().is_bf16_supported())
     allow_tf32(device.type)
-    model = build_model(spec).to(device)
     config = deepspeed_config(spec.loop, world_size, precision, device.type)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(model, spec.loop), config=config)
+    model = build_model(spec)
+    optimizer = make_optimizer(model, spec.loop)  # before partitioning: the groups go by parameter shape
+    if spec.loop.zero_stage == 3:
+        # Partition on the host, a parameter at a time: handed over whole, DeepSpeed would first move
+        # the full model to the device, which a model that needs ZeRO-3 (or param offload) may not fit.
+        deepspeed.zero.Init(module=model, config_dict_or_path=config)
+    else:
+        model = model.to(device)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine, precision
 
 
