@@ -230,6 +230,41 @@ def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu():
         resolve_precision("bf16", "cuda", False)
 
 
+def deepspeeds_optimizer_path(config: dict) -> str | None:
+    """DeepSpeed's own choice of optimizer wrapper for a config (its engine's sanity check, run on a
+    bare engine holding only the parsed config): raises where initialize() would, for every rank."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    engine = object.__new__(DeepSpeedEngine)  # no __init__: no process group, no model
+    for key, value in {
+        "_config": DeepSpeedConfig(config),
+        "global_rank": 0,
+        "pipeline_parallelism": False,
+    }.items():
+        object.__setattr__(engine, key, value)
+    return engine._do_optimizer_sanity_check(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]))
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_stage_and_precision_is_refused_up_front_or_accepted_by_deepspeed(
+    zero_stage, precision, device
+):
+    cfg = loop(zero_stage=zero_stage, precision=precision, use_gpu=device == "cuda", num_workers=1)
+    if precision == "fp16" and device == "cpu":
+        with pytest.raises(UserError, match=r"train\.precision"):
+            check_combination(cfg)
+        return
+    check_combination(cfg)
+    config = deepspeed_config(cfg, 1, precision, device)
+    if zero_stage == 0:  # DeepSpeed's own decision; ZeRO-0 bf16 raised NotImplementedError before
+        assert deepspeeds_optimizer_path(config) == {"fp32": None, "bf16": "ddp_bf16", "fp16": "fp16"}[precision]
+    elif precision == "bf16":  # ZeRO adds bf16 micro-batch gradients into fp32 (its masters)
+        assert config["data_types"] == {"grad_accum_dtype": "fp32"}
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
