@@ -74,7 +74,8 @@ def load(impl: str, dirs: dict, dtype):
     return GPT2LMHeadModel.from_pretrained(dirs["transformers"], dtype=dtype or torch.float32).eval()
 
 
-def train_step_fn(impl: str, model, bf16: bool):
+def train_step_fn(impl: str, model, bf16: bool, device: str = "cpu"):
+    """One training step (returns the loss) of a model already on `device`, on a fixed batch."""
     import torch
 
     from gpt2core.optim import param_groups
@@ -82,11 +83,11 @@ def train_step_fn(impl: str, model, bf16: bool):
     params = param_groups(model, 0.1) if impl == "gpt2core" else model.parameters()
     opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1, fused=True)
     gen = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, VOCAB, (TRAIN_BATCH, TRAIN_SEQ + 1), generator=gen)
+    batch = torch.randint(0, VOCAB, (TRAIN_BATCH, TRAIN_SEQ + 1), generator=gen).to(device)
     model.train()
 
     def step() -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             if impl == "gpt2core":
                 _, loss = model(batch[:, :-1], batch[:, 1:])
             else:
@@ -107,7 +108,8 @@ def prompts() -> list[list[int]]:
     return [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in lengths]
 
 
-def generate_fn(impl: str, model):
+def generate_fn(impl: str, model, device: str = "cpu"):
+    """Greedy batch generation of a model already on `device`: n -> the new tokens of each prompt."""
     import torch
 
     batch = prompts()
@@ -116,8 +118,8 @@ def generate_fn(impl: str, model):
 
         return lambda n: [r.tokens for r in generate(model, batch, n, greedy=True)]
     width = max(map(len, batch))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
 
     def run(n: int) -> list[list[int]]:
         with torch.inference_mode():
@@ -257,15 +259,19 @@ def compare(spec: dict, rounds: int) -> dict:
     return result
 
 
-def summarise(shape: str, task: str, dtype: str, result: dict, peak_flops: float) -> dict:
+def task_flops_per_token(shape: str, task: str) -> float:
     from gpt2core.config import preset
     from gpt2core.flops import flops_per_token
 
     cfg = preset("gpt2", VOCAB, **SHAPES[shape])
     if task == "train":
-        fpt = flops_per_token(cfg, TRAIN_SEQ)
-    else:  # forward FLOPs at the mean context of the generated tokens (prompts average 40)
-        fpt = flops_per_token(cfg, 40 + GEN_NEW // 2, training=False)
+        return flops_per_token(cfg, TRAIN_SEQ)
+    # forward FLOPs at the mean context of the generated tokens (prompts average 40)
+    return flops_per_token(cfg, 40 + GEN_NEW // 2, training=False)
+
+
+def summarise(shape: str, task: str, dtype: str, result: dict, peak_flops: float) -> dict:
+    fpt = task_flops_per_token(shape, task)
     row = dict(shape=shape, task=task, dtype=dtype)
     for impl in IMPLS:
         speed = result[impl]["tokens_per_s"]

@@ -172,6 +172,45 @@ def test_chunked_loss_gradients_match_plain_cross_entropy():
     assert everything_ignored.item() == 0.0
 
 
+# 2**16 is DeepSpeed's first fp16 loss scale here (initial_scale_power=16), 2**15 its first halving.
+@pytest.mark.parametrize("scale", [2.0**15, 2.0**16])
+def test_fp16_loss_scale_reaches_the_chunked_loss_gradients(scale):
+    """DeepSpeed's fp16 path: fp16 weights and activations, (loss * scale).backward(). The mean over
+    16k tokens puts the head's gradients near 1e-6, below fp16's normal range (6e-5): unless the
+    scale applies before the cast to fp16 they come back as subnormal noise (defect 4), and the
+    scale itself must not pass through fp16 (2**16 is inf there)."""
+    from gpt2core.loss import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    n, n_embd, vocab = 16 * 1024, 64, 512
+    h = torch.randn(n, n_embd, generator=gen).half().requires_grad_()
+    w = (0.02 * torch.randn(vocab, n_embd, generator=gen)).half().requires_grad_()  # GPT-2's init
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    targets[::7] = -100
+    (linear_cross_entropy(h, w, targets, vocab) * scale).backward()
+    # The reference: the same fp16-rounded values, in fp32 throughout.
+    h32, w32 = (t.detach().float().requires_grad_() for t in (h, w))
+    F.cross_entropy(h32 @ w32.t(), targets).backward()
+    assert h.grad.dtype == w.grad.dtype == torch.float16
+    for grad, reference in ((h.grad, h32.grad), (w.grad, w32.grad)):
+        error = (grad.float() / scale - reference).norm() / reference.norm()
+        assert error < 2e-3  # fp16's own rounding is 5e-4 relative; flushed subnormals cost 1e-2 and more
+
+
+def test_chunk_rows_follow_the_device():
+    from gpt2core.loss import LOGITS_PER_CHUNK, chunk_rows_for
+
+    micro_batch, vocab = 16 * 1024, 50304  # 16 x 1024 tokens at GPT-2's padded vocabulary
+    cuda = chunk_rows_for("cuda", micro_batch, vocab)
+    cpu = chunk_rows_for("cpu", micro_batch, vocab)
+    assert (cuda, math.ceil(micro_batch / cuda)) == (4096, 4)  # 4 equal chunks of 2.1 GB scratch
+    assert math.ceil(micro_batch / cpu) == 50 and cpu * vocab <= LOGITS_PER_CHUNK["cpu"]
+    assert chunk_rows_for("mps", micro_batch, vocab) == cpu  # unknown devices: the small budget
+    assert chunk_rows_for("cuda", 100, vocab) == 100  # one chunk when everything fits
+    assert chunk_rows_for("cpu", 1000, 10**7) == 16  # a huge vocabulary still takes 16 rows a chunk
+    assert chunk_rows_for("cpu", 0, vocab) >= 1  # an empty batch never makes a zero-step range
+
+
 def test_activation_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     plain = GPT(tiny(dropout=0.1)).train()

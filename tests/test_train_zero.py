@@ -260,7 +260,9 @@ def test_every_stage_and_precision_is_refused_up_front_or_accepted_by_deepspeed(
     check_combination(cfg)
     config = deepspeed_config(cfg, 1, precision, device)
     if zero_stage == 0:  # DeepSpeed's own decision; ZeRO-0 bf16 raised NotImplementedError before
-        assert deepspeeds_optimizer_path(config) == {"fp32": None, "bf16": "ddp_bf16", "fp16": "fp16"}[precision]
+        assert (
+            deepspeeds_optimizer_path(config) == {"fp32": None, "bf16": "ddp_bf16", "fp16": "fp16"}[precision]
+        )
     elif precision == "bf16":  # ZeRO adds bf16 micro-batch gradients into fp32 (its masters)
         assert config["data_types"] == {"grad_accum_dtype": "fp32"}
 

@@ -152,7 +152,9 @@ class CorpusSample:
 
 
 # --- SentencePiece -------------------------------------------------------------------------------
-def train_sentencepiece(lines: Iterable[str], cfg: TokenizerConfig, sample: CorpusSample, threads: int) -> bytes:
+def train_sentencepiece(
+    lines: Iterable[str], cfg: TokenizerConfig, sample: CorpusSample, threads: int
+) -> bytes:
     """The serialized model; a UserError naming `tokenizer.vocab_size` when the sample is too small."""
     import sentencepiece as spm
 
