@@ -39,6 +39,20 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0))
 
 
+def autoscaler_node_groups() -> list[tuple[str, dict[str, float], int]]:
+    """(name, resources of one node, max_count; -1 unbounded) of each node type the autoscaler may
+    start, as it reports them to the GCS (the cluster config Ray Data's autoscaler reads too); []
+    for a fixed cluster."""
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    return [
+        (g.name, {k: float(v) for k, v in g.resources.items()}, int(g.max_count))
+        for g in (config.node_group_configs if config else ())
+        if g.resources and g.max_count != 0
+    ]
+
+
 def get(ref):
     """ray.get, where a UserError raised in the task comes back as itself: one line, not Ray's
     wrapper holding the remote traceback."""

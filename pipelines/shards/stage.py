@@ -102,9 +102,10 @@ def write_shards(
     `shards.writer_cpus` CPUs consumes the encoded blocks and writes the files."""
     import ray
 
-    from pipelines.runtime.ray import cluster_cpus, get
+    from pipelines.runtime.ray import autoscaler_node_groups, cluster_cpus, get
 
-    if cfg.writer_cpus and cluster_cpus() - cfg.writer_cpus < 2:
+    fixed = not autoscaler_node_groups()  # an autoscaler adds CPUs when the tasks ask for them
+    if cfg.writer_cpus and fixed and cluster_cpus() - cfg.writer_cpus < 2:
         raise UserError(  # Ray Data would wait forever for a CPU to read and one to encode
             f"config key 'shards.writer_cpus': {cfg.writer_cpus:g} of the cluster's {cluster_cpus():g} CPUs "
             "leave too few for a reader and an encoder (2); use 0"

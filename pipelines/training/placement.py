@@ -114,16 +114,11 @@ def waiting_line(cluster: Cluster, loop: LoopConfig) -> str:
 def current_cluster() -> Cluster:
     """The live nodes and the autoscaler's node types (none reported: a fixed cluster)."""
     import ray
-    import ray._private.state
+
+    from pipelines.runtime.ray import autoscaler_node_groups
 
     live = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-    config = ray._private.state.state.get_cluster_config()
-    groups = [
-        NodeGroup(g.name, {k: float(v) for k, v in g.resources.items()}, int(g.max_count))
-        for g in (config.node_group_configs if config else ())
-        if g.resources and g.max_count != 0
-    ]
-    return Cluster(live, groups)
+    return Cluster(live, [NodeGroup(*group) for group in autoscaler_node_groups()])
 
 
 def check_cluster(
