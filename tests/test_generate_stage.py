@@ -165,6 +165,14 @@ def test_actors_that_cannot_run_are_refused_on_the_driver(ray_local, overrides, 
     assert "\n" not in str(err.value)
 
 
+def test_gpu_actors_wait_for_a_gpu_node_type_the_autoscaler_can_start(ray_local, reported_node_types):
+    from pipelines.generate.stage import check_placement
+
+    check_placement(actor_resources(1, True, 1), "auto")  # no GPU node now, one the autoscaler adds
+    with pytest.raises(UserError, match=r"^config key 'generate.use_gpu'"):
+        check_placement({"num_cpus": 1, "num_gpus": 9}, "auto")  # more than any node type has
+
+
 def test_a_cpu_actor_in_bf16_holds_bf16_weights_and_generates(model_dir):
     bf16 = ChunkGenerator(str(model_dir), None, SETTINGS, "v1", use_gpu=False, dtype="bf16")
     assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}

@@ -126,23 +126,6 @@ def test_a_cluster_that_places_the_workers_asks_nothing():
     assert lines == [] and scaler.requests == []
 
 
-@pytest.fixture
-def reported_node_types(ray_local):
-    """The node types as an autoscaler reports them to the GCS (the key Ray Data reads too)."""
-    import ray._raylet
-    from ray.core.generated import autoscaler_pb2
-    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
-
-    config = autoscaler_pb2.ClusterConfig()
-    group = config.node_group_configs.add(name="gpu-8x", min_count=0, max_count=2)
-    group.resources.update({"CPU": 96, "GPU": 8, "memory": 10**12})
-    where = dict(namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
-    key = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode()
-    _internal_kv_put(key, config.SerializeToString(), overwrite=True, **where)
-    yield
-    _internal_kv_del(key, **where)  # other tests' Ray Data must not see an autoscaler
-
-
 def test_the_live_cluster_description_holds_the_reported_node_types(reported_node_types):
     cluster = current_cluster()
     assert cluster.live and all("CPU" in node for node in cluster.live)

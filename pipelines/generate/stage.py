@@ -259,24 +259,27 @@ def actor_placement(use_gpu: bool, dtype: str):
 
 
 def check_placement(resources: dict[str, float], dtype: str) -> None:
-    """Fail on the driver, in one line, before any actor starts: when no live node can hold one
-    actor (Ray Data would wait forever; the pool starts with as many actors as fit, so one is
-    enough), and a dtype that CPU actors cannot run. It mirrors the training stage's check of its
-    workers on the live cluster."""
+    """Fail on the driver, in one line, before any actor starts: when no live node, nor a node type
+    the autoscaler may start, can hold one actor (Ray Data would wait forever; the pool starts with
+    as many actors as fit, so one is enough), and a dtype that CPU actors cannot run. It mirrors
+    the training stage's placement check."""
     import ray
+
+    from pipelines.runtime.ray import autoscaler_node_groups
 
     if not resources["num_gpus"]:
         actor_placement(False, dtype)
     need = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if any(all(node.get(r, 0.0) >= amount for r, amount in need.items()) for node in nodes):
+    could_start = [node for _, node, _ in autoscaler_node_groups()]  # the autoscaler adds them on demand
+    if any(all(node.get(r, 0.0) >= amount for r, amount in need.items()) for node in nodes + could_start):
         return
     most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
     key = "use_gpu" if need["GPU"] > most_gpus else "cpus_per_actor"
     total = ray.cluster_resources()
     raise UserError(
         f"config key 'generate.{key}': an actor needs {need['CPU']:g} CPU and {need['GPU']:g} GPU on one "
-        f"node; this Ray cluster has no such node ({total.get('CPU', 0):g} CPUs, "
+        f"node; this Ray cluster has no such node, nor a node type to start ({total.get('CPU', 0):g} CPUs, "
         f"{total.get('GPU', 0):g} GPUs on {len(nodes)} node(s))"
     )
 
