@@ -1,4 +1,4 @@
-"""Token shards: a memory-mapped reader, a resumable rank-disjoint window sampler, an eval iterator.
+"""Token shards: a memory-mapped reader, a resumable world-size-independent window sampler, an eval iterator.
 
 The shards (written by pipelines/shards/stage.py) are a directory with `manifest.json` and Arrow IPC files,
 uncompressed, with one flat `tokens` column (uint16, or uint32 for vocabularies over 65536): the
@@ -143,13 +143,15 @@ class TokenShards:
 
 
 class WindowSampler:
-    """Training batches: every epoch a seeded permutation of the windows, dealt out to the ranks.
+    """Training batches from one global window order that depends on the seed and shards alone.
 
-    Rank r of w gets permutation[r::w], cut to n_windows // w windows, so ranks are disjoint and
-    equally long; the n_windows % w windows left over (different ones every epoch) are skipped.
-    A batch that runs past the end of an epoch continues into the next one, so every batch is full.
-    All ranks drawing the same batch sizes hold the same state: saving rank 0's is enough, and
-    load_state_dict() on any rank restores exactly the batches that would have come next.
+    The windows are served as one endless sequence: epoch e is a seeded permutation of all
+    windows, and epoch e + 1 follows it. The world consumes that sequence together: every rank
+    draws the same number of batches of the same size, and rank r of w takes the r-th slice of each
+    w * batch_size windows. So the windows of an optimizer step (global_batch_size of them, however
+    they are split into ranks and micro-batches) are the same for 1, 2 or 8 workers, and the state -
+    how far the world has read - is one number, the same on every rank: a run resumes on another
+    number of workers at exactly the next global window. No window is skipped at an epoch's end.
     """
 
     def __init__(
@@ -161,57 +163,62 @@ class WindowSampler:
         self.rank, self.world_size = rank, world_size
         self.window = block_size + 1
         self.n_windows = len(shards) // self.window
-        self.per_rank = self.n_windows // world_size
-        if not self.per_rank:
+        if not self.n_windows:
             raise ValueError(
                 f"split {shards.split!r} of {shards.dir} has {len(shards)} tokens: too few for "
-                f"{world_size} rank(s) with windows of block_size + 1 = {self.window}"
+                f"one window of block_size + 1 = {self.window}"
             )
-        self.epoch = self.position = 0
+        self.position = 0  # windows of the global sequence the world has read
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
 
+    @property
+    def epoch(self) -> int:
+        return self.position // self.n_windows
+
     def order(self, epoch: int) -> np.ndarray:
-        """This rank's window indices in epoch `epoch`, in the order they are served."""
+        """All window indices of epoch `epoch`, in the global order."""
         if epoch != self._order_epoch:
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
-            self._order_epoch, self._order = (
-                epoch,
-                perm[self.rank : self.per_rank * self.world_size : self.world_size],
-            )
+            self._order_epoch, self._order = epoch, perm
         return self._order
 
-    def next_windows(self, count: int) -> np.ndarray:
-        """The indices of the next `count` windows; advances the state."""
-        taken = [np.empty(0, dtype=np.int64)]
+    def global_windows(self, start: int, count: int) -> np.ndarray:
+        """Windows start .. start + count - 1 of the global sequence (across epochs)."""
+        taken = []
         while count:
-            chunk = self.order(self.epoch)[self.position : self.position + count]
+            epoch, offset = divmod(start, self.n_windows)
+            chunk = self.order(epoch)[offset : offset + count]
             taken.append(chunk)
-            count -= len(chunk)
-            self.position += len(chunk)
-            if self.position == self.per_rank:
-                self.epoch, self.position = self.epoch + 1, 0
-        return np.concatenate(taken)
+            start, count = start + len(chunk), count - len(chunk)
+        return np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
+
+    def next_windows(self, count: int) -> np.ndarray:
+        """This rank's `count` windows of the world's next `world_size * count`; advances the state."""
+        mine = self.global_windows(self.position + self.rank * count, count)
+        self.position += self.world_size * count
+        return mine
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return windows_batch(self.shards, self.next_windows(batch_size), self.window)
 
     def state_dict(self) -> dict[str, int]:
+        """The world's position (not the rank's): any rank's state resumes any world size."""
         return {
-            "epoch": self.epoch,
-            "position": self.position,
+            "global_position": self.position,
             "seed": self.seed,
             "block_size": self.block_size,
-            "world_size": self.world_size,
             "n_windows": self.n_windows,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        for key in ("seed", "block_size", "world_size", "n_windows"):
+        if "global_position" not in state:
+            raise ValueError("sampler state of an older, per-rank data order: it cannot be resumed")
+        for key in ("seed", "block_size", "n_windows"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}")
-        if not 0 <= state["position"] < self.per_rank:
-            raise ValueError(f"sampler state position {state['position']} is outside 0..{self.per_rank - 1}")
-        self.epoch, self.position = state["epoch"], state["position"]
+        if state["global_position"] < 0:
+            raise ValueError(f"sampler state position {state['global_position']} is negative")
+        self.position = state["global_position"]
 
 
 def eval_batches(

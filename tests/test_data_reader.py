@@ -78,38 +78,66 @@ def test_batches_are_windows_with_targets_shifted_by_one(shards_dir):
     assert all(start % (BLOCK + 1) == 0 for start in x[:, 0].tolist())  # non-overlapping windows
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_ranks_are_disjoint_and_cover_every_window_once_per_epoch(shards_dir, world_size):
+GLOBAL_BATCH = 24  # windows per optimizer step, as train.global_batch_size
+LAYOUTS = [(1, 6), (2, 6), (2, 3), (3, 4)]  # (world size, micro-batch): accumulation makes up the rest
+
+
+def step_windows(samplers, micro: int, steps: int) -> list[list[int]]:
+    """The sorted windows of each optimizer step, over all ranks and micro-batches, as the loop draws."""
+    accum = GLOBAL_BATCH // (micro * len(samplers))
+    return [
+        sorted(w for s in samplers for _ in range(accum) for w in window_ids(s.next_batch(micro)[0]))
+        for _ in range(steps)
+    ]
+
+
+def world(shards_dir, world_size: int, seed: int = 7) -> list[WindowSampler]:
     shards = TokenShards(shards_dir, "train")
-    samplers = [WindowSampler(shards, BLOCK, rank, world_size, seed=7) for rank in range(world_size)]
-    n_windows = len(shards) // (BLOCK + 1)
-    per_rank = n_windows // world_size
-    epochs = []
-    for epoch in range(2):
-        seen = [window_ids(s.next_batch(per_rank)[0]) for s in samplers]
-        flat = [w for rank in seen for w in rank]
-        assert len(flat) == len(set(flat)) == per_rank * world_size  # disjoint, nobody repeats
-        assert set(flat) <= set(range(n_windows)) and n_windows - len(flat) == n_windows % world_size
-        assert all(s.state_dict()["epoch"] == epoch + 1 for s in samplers)
-        epochs.append(seen)
-    assert epochs[0] != epochs[1]  # a new permutation every epoch
+    return [WindowSampler(shards, BLOCK, rank, world_size, seed=seed) for rank in range(world_size)]
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
-def test_resume_after_k_batches_equals_an_uninterrupted_run(shards_dir, world_size):
-    batch, total = 24, 110  # 24 does not divide the windows per rank: batches straddle epochs
-    for rank in range(world_size):
-        straight = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, rank, world_size, seed=11)
-        expected = [straight.next_batch(batch) for _ in range(total)]
-        for k in (0, 1, 5, 52, 105):
-            first = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, rank, world_size, seed=11)
-            got = [first.next_batch(batch) for _ in range(k)]
-            state = json.loads(json.dumps(first.state_dict()))  # as stored in a checkpoint
-            resumed = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, rank, world_size, seed=11)
-            resumed.load_state_dict(state)
-            got += [resumed.next_batch(batch) for _ in range(total - k)]
-            assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected))
-    assert straight.state_dict()["epoch"] >= 2
+def test_every_world_size_sees_the_same_windows_at_every_step(shards_dir):
+    n_windows = len(TokenShards(shards_dir, "train")) // (BLOCK + 1)
+    steps = 2 * n_windows // GLOBAL_BATCH + 3  # past two epochs, with steps that straddle them
+    runs = [step_windows(world(shards_dir, w), micro, steps) for w, micro in LAYOUTS]
+    assert all(run == runs[0] for run in runs[1:])
+    in_first_epoch = [w for step in runs[0][: n_windows // GLOBAL_BATCH] for w in step]
+    assert len(set(in_first_epoch)) == len(in_first_epoch)  # no window twice within an epoch
+    sequence = world(shards_dir, 1)[0].global_windows(0, 2 * n_windows)
+    assert (
+        sorted(sequence[:n_windows]) == sorted(sequence[n_windows:]) == list(range(n_windows))
+    )  # none skipped
+    assert runs[0] != step_windows(world(shards_dir, 1, seed=8), 6, steps)  # the seed decides the order
+
+
+@pytest.mark.parametrize("before, after", [((2, 6), (1, 6)), ((1, 6), (2, 3)), ((2, 3), (3, 4))])
+def test_resume_on_another_world_size_continues_at_the_next_global_window(shards_dir, before, after):
+    total = 40
+    expected = step_windows(world(shards_dir, before[0]), before[1], total)
+    for k in (0, 1, 17):
+        first = world(shards_dir, before[0])
+        got = step_windows(first, before[1], k)
+        states = [json.loads(json.dumps(s.state_dict())) for s in first]  # as checkpoints store them
+        assert all(state == states[0] for state in states)  # one world position, on every rank
+        resumed = world(shards_dir, after[0])
+        for sampler in resumed:
+            sampler.load_state_dict(states[0])
+        got += step_windows(resumed, after[1], total - k)
+        assert got == expected, k
+
+
+def test_resume_after_k_batches_gives_the_very_same_batches(shards_dir):
+    batch, total = 24, 110  # 24 does not divide the windows: batches straddle epochs
+    straight = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, 1, 2, seed=11)
+    expected = [straight.next_batch(batch) for _ in range(total)]
+    for k in (0, 1, 5, 52, 105):
+        first = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, 1, 2, seed=11)
+        got = [first.next_batch(batch) for _ in range(k)]
+        resumed = WindowSampler(TokenShards(shards_dir, "train"), BLOCK, 1, 2, seed=11)
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        got += [resumed.next_batch(batch) for _ in range(total - k)]
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected))
+    assert straight.epoch >= 2
 
 
 def test_state_from_another_setup_is_refused(shards_dir):
@@ -117,8 +145,10 @@ def test_state_from_another_setup_is_refused(shards_dir):
     state = WindowSampler(shards, BLOCK, seed=1).state_dict()
     with pytest.raises(ValueError, match="seed=1"):
         WindowSampler(shards, BLOCK, seed=2).load_state_dict(state)
-    with pytest.raises(ValueError, match="world_size=1"):
-        WindowSampler(shards, BLOCK, 0, 2, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="block_size"):
+        WindowSampler(shards, BLOCK - 1, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="older, per-rank data order"):
+        WindowSampler(shards, BLOCK, seed=1).load_state_dict({"epoch": 0, "position": 3, "seed": 1})
 
 
 def test_eval_batches_are_fixed_disjoint_and_equal_in_number(shards_dir):

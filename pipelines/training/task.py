@@ -46,8 +46,8 @@ class Task(Protocol):
 
 @dataclass
 class PretrainTask:
-    """Token shards: the train split through the resumable rank-disjoint WindowSampler, the val split
-    through the fixed-order eval iterator (gpt2core/data.py). Files were checksummed by the launcher
+    """Token shards: the train split through the resumable, world-size-independent WindowSampler,
+    the val split through the fixed-order eval iterator (gpt2core/data.py). Files were checksummed by the launcher
     (local workspace) or by the node cache as it fetched them (object store), so workers open them
     without hashing again."""
 
