@@ -10,14 +10,8 @@ import pytest
 
 from pipelines.config import LoopConfig
 from pipelines.errors import UserError
-from pipelines.training.placement import (
-    UNBOUNDED,
-    Cluster,
-    NodeGroup,
-    check_cluster,
-    current_cluster,
-    verdict,
-)
+from pipelines.runtime.cluster import UNBOUNDED, Cluster, NodeGroup, current_cluster
+from pipelines.training.placement import check_cluster, verdict
 
 HEAD = {"CPU": 8.0, "memory": 32e9}  # the CPU head that runs the job drivers
 GPU8 = {"CPU": 96.0, "GPU": 8.0, "memory": 1.1e12}  # an 8-GPU host (p4d.24xlarge)

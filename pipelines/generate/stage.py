@@ -261,26 +261,22 @@ def actor_placement(use_gpu: bool, dtype: str):
 def check_placement(resources: dict[str, float], dtype: str) -> None:
     """Fail on the driver, in one line, before any actor starts: when no live node, nor a node type
     the autoscaler may start, can hold one actor (Ray Data would wait forever; the pool starts with
-    as many actors as fit, so one is enough), and a dtype that CPU actors cannot run. It mirrors
-    the training stage's placement check."""
-    import ray
-
-    from pipelines.runtime.ray import autoscaler_node_groups
+    as many actors as fit, so one is enough), and a dtype that CPU actors cannot run. The cluster
+    arithmetic is training's (pipelines/runtime/cluster.py)."""
+    from pipelines.runtime.cluster import current_cluster, placeable_ever
 
     if not resources["num_gpus"]:
         actor_placement(False, dtype)
-    need = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    could_start = [node for _, node, _ in autoscaler_node_groups()]  # the autoscaler adds them on demand
-    if any(all(node.get(r, 0.0) >= amount for r, amount in need.items()) for node in nodes + could_start):
+    need = {"CPU": resources["num_cpus"], **({"GPU": resources["num_gpus"]} if resources["num_gpus"] else {})}
+    cluster = current_cluster()
+    if placeable_ever(cluster, need) >= 1:
         return
+    nodes = cluster.live + [group.resources for group in cluster.groups]
     most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
-    key = "use_gpu" if need["GPU"] > most_gpus else "cpus_per_actor"
-    total = ray.cluster_resources()
+    key = "use_gpu" if need.get("GPU", 0.0) > most_gpus else "cpus_per_actor"
     raise UserError(
-        f"config key 'generate.{key}': an actor needs {need['CPU']:g} CPU and {need['GPU']:g} GPU on one "
-        f"node; this Ray cluster has no such node, nor a node type to start ({total.get('CPU', 0):g} CPUs, "
-        f"{total.get('GPU', 0):g} GPUs on {len(nodes)} node(s))"
+        f"config key 'generate.{key}': an actor needs {need['CPU']:g} CPU and {need.get('GPU', 0):g} GPU "
+        f"on one node; this Ray cluster has no such node, nor a node type to start ({cluster.describe()})"
     )
 
 

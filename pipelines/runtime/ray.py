@@ -53,12 +53,13 @@ def autoscaler_node_groups() -> list[tuple[str, dict[str, float], int]]:
     ]
 
 
-def get(ref):
-    """ray.get, where a UserError raised in the task comes back as itself: one line, not Ray's
-    wrapper holding the remote traceback."""
+def run_as_task(fn, *args, num_cpus: float):
+    """fn(*args) in a Ray task of `num_cpus` CPUs, placed where Ray has them (not the driver's
+    node); its result, or a UserError raised in it as itself - one line, not Ray's wrapper holding
+    the remote traceback."""
     import ray
 
     try:
-        return ray.get(ref)
+        return ray.get(ray.remote(fn).options(num_cpus=num_cpus).remote(*args))
     except UserError as exc:
         raise user_error_in(exc) from None

@@ -5,8 +5,9 @@ uncompressed, one flat `tokens` column: documents back to back, each followed by
 manifest (see gpt2core/data.py, which reads them). Documents are encoded by a pool of Ray actors
 that each load the tokenizer once and encode a batch of documents per call; one writer task
 (`shards.writer_cpus`) receives the encoded blocks in corpus order and streams them into the shard
-files, so the output is the same for the same input and no process holds the corpus. A document goes to `val` when a stable
-hash of its id falls below `shards.val_fraction`, so a document keeps its split as the corpus grows.
+files, so the output is the same for the same input and no process holds the corpus. A document
+goes to `val` when a stable hash of its id falls below `shards.val_fraction`, so a document keeps
+its split as the corpus grows.
 """
 
 from __future__ import annotations
@@ -100,18 +101,17 @@ def write_shards(
     """Tokenize the corpus data `files` into `<out>/<split>-NNNNN.arrow`, numbered from
     first_index[split] (a refresh appends to its parent's files). A Ray task of
     `shards.writer_cpus` CPUs consumes the encoded blocks and writes the files."""
-    import ray
-
-    from pipelines.runtime.ray import autoscaler_node_groups, cluster_cpus, get
+    from pipelines.runtime.ray import autoscaler_node_groups, cluster_cpus, run_as_task
 
     fixed = not autoscaler_node_groups()  # an autoscaler adds CPUs when the tasks ask for them
-    if cfg.writer_cpus and fixed and cluster_cpus() - cfg.writer_cpus < 2:
+    cpus = cluster_cpus()
+    if cfg.writer_cpus and fixed and cpus - cfg.writer_cpus < 2:
         raise UserError(  # Ray Data would wait forever for a CPU to read and one to encode
-            f"config key 'shards.writer_cpus': {cfg.writer_cpus:g} of the cluster's {cluster_cpus():g} CPUs "
+            f"config key 'shards.writer_cpus': {cfg.writer_cpus:g} of the cluster's {cpus:g} CPUs "
             "leave too few for a reader and an encoder (2); use 0"
         )
-    task = ray.remote(_write_shards).options(num_cpus=cfg.writer_cpus)
-    return get(task.remote(ws, out, files, model, dtype, val_split, cfg, first_index or {}))
+    args = (ws, out, files, model, dtype, val_split, cfg, first_index or {})
+    return run_as_task(_write_shards, *args, num_cpus=cfg.writer_cpus)
 
 
 def _write_shards(ws, out, files, model, dtype, val_split, cfg: ShardsConfig, first_index) -> WrittenShards:

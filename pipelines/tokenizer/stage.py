@@ -61,16 +61,13 @@ def tokenizer_stage() -> Stage:
 
 
 def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
-    import ray
-
-    from pipelines.runtime.ray import get
+    from pipelines.runtime.ray import run_as_task
     from pipelines.tokenizer.hf_files import write_hf_files
 
     cfg = ctx.cfg.tokenizer
     files = CorpusOutput.of(ctx.inputs["corpus"]).data_files(ctx.ws)
     # A task sized by tokenizer.num_cpus on a node with the CPUs, not the driver on a small head.
-    task = ray.remote(train_on_sample).options(num_cpus=cfg.num_cpus)
-    trained = get(task.remote(ctx.ws, files, cfg))
+    trained = run_as_task(train_on_sample, ctx.ws, files, cfg, num_cpus=cfg.num_cpus)
     model, sample = trained["model"], trained["sample"]
     sp = load_sentencepiece(model)
     ctx.ws.write_bytes(posixpath.join(ctx.out, SPM_FILE), model)

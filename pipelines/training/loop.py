@@ -195,9 +195,8 @@ class Worker:
         directory = staging_dir("ckpt-")
         train_checkpoint.save(self.engine, directory, self.rank, state, self.source, extra)
         if final:
-            weights = consolidated_weights(
-                self.engine, self.spec, self.rank
-            )  # every rank: gathers partitions
+            # every rank: gathers partitions
+            weights = consolidated_weights(self.engine, self.spec, self.rank)
             if self.rank == 0:
                 self._say(f"[{self.spec.label}] consolidated the weights (ZeRO stage {self.loop.zero_stage})")
                 write_model(weights, self.spec, Path(directory) / MODEL_DIR)
@@ -234,11 +233,10 @@ class Worker:
 
     def _peak_flops(self) -> float:
         """The device's matmul FLOP/s in the training dtype, measured once per (re)start on rank 0."""
-        import torch
-
+        from gpt2core.checkpoint import DTYPES
         from gpt2core.flops import measure_peak_flops
 
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        dtype = DTYPES[self.precision]  # resolved: fp32, bf16 or fp16
         size = 1024 if self.device.type == "cpu" else 4096
         return measure_peak_flops(dtype, device=str(self.device), size=size)
 
