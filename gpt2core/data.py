@@ -1,4 +1,5 @@
-"""Token shards: a memory-mapped reader, a resumable world-size-independent window sampler, an eval iterator.
+"""Token shards: a memory-mapped reader, a resumable world-size-independent window sampler, an eval
+iterator whose windows do not depend on the world size either.
 
 The shards (written by pipelines/shards/stage.py) are a directory with `manifest.json` and Arrow IPC files,
 uncompressed, with one flat `tokens` column (uint16, or uint32 for vocabularies over 65536): the
@@ -11,7 +12,7 @@ documents of a split back to back, each followed by EOS. The manifest names the 
     x, y = sampler.next_batch(micro_batch)          # int64 [micro_batch, block_size] each
     state = sampler.state_dict()                    # into the checkpoint
     sampler.load_state_dict(state)                  # after a restart: exactly the next batch
-    for x, y in eval_batches(val, block_size, batch, rank, world_size, max_batches): ...
+    for x, y in eval_batches(val, block_size, batch, rank, world_size, max_windows): ...
     bpb = bits_per_byte(mean_loss, val)
 
 A split is read as one stream of tokens cut into non-overlapping windows of block_size + 1 tokens
@@ -142,25 +143,78 @@ class TokenShards:
         self._maps = []
 
 
-class WindowSampler:
-    """Training batches from one global window order that depends on the seed and shards alone.
+class GlobalOrder:
+    """An endless sequence over `n_items` items that depends on the seed alone, read by a world.
 
-    The windows are served as one endless sequence: epoch e is a seeded permutation of all
-    windows, and epoch e + 1 follows it. The world consumes that sequence together: every rank
-    draws the same number of batches of the same size, and rank r of w takes the r-th slice of each
-    w * batch_size windows. So the windows of an optimizer step (global_batch_size of them, however
-    they are split into ranks and micro-batches) are the same for 1, 2 or 8 workers, and the state -
-    how far the world has read - is one number, the same on every rank: a run resumes on another
-    number of workers at exactly the next global window. No window is skipped at an epoch's end.
+    Epoch e is a seeded permutation of all items, and epoch e + 1 follows it. The world consumes
+    the sequence together: every rank draws the same number of batches of the same size, and rank
+    r of w takes the r-th slice of each w * batch_size items. So the items of an optimizer step
+    (however they are split into ranks and micro-batches) are the same for 1, 2 or 8 workers, and
+    the state - how far the world has read - is one number, the same on every rank: a run resumes on
+    another number of workers at exactly the next global item. No item is skipped at an epoch's end.
+    Subclasses name what else a state must match to be resumed (`identity`).
     """
+
+    def __init__(self, n_items: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.n_items, self.rank, self.world_size, self.seed = n_items, rank, world_size, seed
+        self.position = 0  # items of the global sequence the world has read
+        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    @property
+    def epoch(self) -> int:
+        return self.position // self.n_items
+
+    def order(self, epoch: int) -> np.ndarray:
+        """All item indices of epoch `epoch`, in the global order."""
+        if epoch != self._order_epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
+            self._order_epoch, self._order = epoch, perm
+        return self._order
+
+    def global_items(self, start: int, count: int) -> np.ndarray:
+        """Items start .. start + count - 1 of the global sequence (across epochs)."""
+        taken = []
+        while count:
+            epoch, offset = divmod(start, self.n_items)
+            chunk = self.order(epoch)[offset : offset + count]
+            taken.append(chunk)
+            start, count = start + len(chunk), count - len(chunk)
+        return np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
+
+    def next_items(self, count: int) -> np.ndarray:
+        """This rank's `count` items of the world's next `world_size * count`; advances the state."""
+        mine = self.global_items(self.position + self.rank * count, count)
+        self.position += self.world_size * count
+        return mine
+
+    def identity(self) -> dict[str, int]:
+        return {"seed": self.seed}
+
+    def state_dict(self) -> dict[str, int]:
+        """The world's position (not the rank's): any rank's state resumes any world size."""
+        return {"global_position": self.position, **self.identity()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if "global_position" not in state:
+            raise ValueError("sampler state of an older, per-rank data order: it cannot be resumed")
+        for key, value in self.identity().items():
+            if state.get(key) != value:
+                raise ValueError(f"sampler state has {key}={state.get(key)}, this sampler {value}")
+        if state["global_position"] < 0:
+            raise ValueError(f"sampler state position {state['global_position']} is negative")
+        self.position = state["global_position"]
+
+
+class WindowSampler(GlobalOrder):
+    """Training batches of token windows (block_size + 1 tokens each) in one global window order
+    that depends on the seed and shards alone (GlobalOrder)."""
 
     def __init__(
         self, shards: TokenShards, block_size: int, rank: int = 0, world_size: int = 1, seed: int = 0
     ):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.shards, self.block_size, self.seed = shards, block_size, seed
-        self.rank, self.world_size = rank, world_size
+        self.shards, self.block_size = shards, block_size
         self.window = block_size + 1
         self.n_windows = len(shards) // self.window
         if not self.n_windows:
@@ -168,57 +222,45 @@ class WindowSampler:
                 f"split {shards.split!r} of {shards.dir} has {len(shards)} tokens: too few for "
                 f"one window of block_size + 1 = {self.window}"
             )
-        self.position = 0  # windows of the global sequence the world has read
-        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
-
-    @property
-    def epoch(self) -> int:
-        return self.position // self.n_windows
-
-    def order(self, epoch: int) -> np.ndarray:
-        """All window indices of epoch `epoch`, in the global order."""
-        if epoch != self._order_epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
-            self._order_epoch, self._order = epoch, perm
-        return self._order
+        super().__init__(self.n_windows, rank, world_size, seed)
 
     def global_windows(self, start: int, count: int) -> np.ndarray:
-        """Windows start .. start + count - 1 of the global sequence (across epochs)."""
-        taken = []
-        while count:
-            epoch, offset = divmod(start, self.n_windows)
-            chunk = self.order(epoch)[offset : offset + count]
-            taken.append(chunk)
-            start, count = start + len(chunk), count - len(chunk)
-        return np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
+        return self.global_items(start, count)
 
     def next_windows(self, count: int) -> np.ndarray:
-        """This rank's `count` windows of the world's next `world_size * count`; advances the state."""
-        mine = self.global_windows(self.position + self.rank * count, count)
-        self.position += self.world_size * count
-        return mine
+        return self.next_items(count)
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return windows_batch(self.shards, self.next_windows(batch_size), self.window)
 
-    def state_dict(self) -> dict[str, int]:
-        """The world's position (not the rank's): any rank's state resumes any world size."""
-        return {
-            "global_position": self.position,
-            "seed": self.seed,
-            "block_size": self.block_size,
-            "n_windows": self.n_windows,
-        }
+    def identity(self) -> dict[str, int]:
+        return {"seed": self.seed, "block_size": self.block_size, "n_windows": self.n_windows}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if "global_position" not in state:
-            raise ValueError("sampler state of an older, per-rank data order: it cannot be resumed")
-        for key in ("seed", "block_size", "n_windows"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}")
-        if state["global_position"] < 0:
-            raise ValueError(f"sampler state position {state['global_position']} is negative")
-        self.position = state["global_position"]
+
+DIGEST_MOD = 2**31 - 1  # a prime: digests stay exact as int64 sums and as MLflow's float metrics
+
+
+def batch_digest(x: torch.Tensor) -> torch.Tensor:
+    """An order-free digest of a batch's token windows (int64 scalar on x's device): each row's
+    tokens weighed by position, summed over rows. Sums of digests over micro-batches and ranks give
+    one number per optimizer step, equal exactly when the step saw the same windows, however they
+    were split over workers."""
+    import torch
+
+    weights = (torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.int64) * 2654435761) % DIGEST_MOD
+    return ((x.long() * weights).sum(dim=1) % DIGEST_MOD).sum()
+
+
+def eval_shares(n_items: int, rank: int, world_size: int, batch_size: int, max_items: int | None = None):
+    """Rank r's batches (index arrays) of the first min(n_items, max_items) items: items r, r + w,
+    r + 2w, ... So the items evaluated depend on max_items alone, not on the world size, and every
+    rank gets the same number of batches (ZeRO-3 needs every rank in every forward): where its
+    share runs out first, its last batch is empty and the caller pads it with a row that counts
+    no target."""
+    n = n_items if max_items is None else min(n_items, max_items)
+    mine = np.arange(rank, n, world_size)
+    per_rank = -(-n // world_size)
+    return [mine[start : start + batch_size] for start in range(0, per_rank, batch_size)]
 
 
 def eval_batches(
@@ -227,20 +269,19 @@ def eval_batches(
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
-    max_batches: int | None = None,
+    max_windows: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Evaluation batches in a fixed order: each rank evaluates its own disjoint share.
+    """Evaluation batches of the split's first `max_windows` windows (all: None), in a fixed order,
+    each rank its disjoint share (eval_shares). Sum the losses and token counts over ranks
+    (all_reduce) for the mean loss: the same for any world size."""
+    import torch
 
-    Rank r takes windows r, r + w, r + 2w, ... of n_windows // w * w windows, so every rank yields
-    the same number of batches (ZeRO-3 needs every rank in every forward); the last batch may be
-    smaller. Sum the losses and token counts over ranks (all_reduce) for the split's mean loss.
-    """
     window = block_size + 1
-    per_rank = len(shards) // window // world_size
-    windows = np.arange(rank, per_rank * world_size, world_size)
-    starts = range(0, per_rank, batch_size)
-    for start in starts if max_batches is None else starts[:max_batches]:
-        yield windows_batch(shards, windows[start : start + batch_size], window)
+    for windows in eval_shares(len(shards) // window, rank, world_size, batch_size, max_windows):
+        if len(windows):
+            yield windows_batch(shards, windows, window)
+        else:
+            yield torch.zeros(1, block_size, dtype=torch.int64), torch.full((1, block_size), IGNORE_INDEX)
 
 
 def windows_batch(shards: TokenShards, windows: np.ndarray, window: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -124,5 +124,5 @@ def evaluate_model_dir(
     from gpt2core.data import eval_batches
 
     model = load_model(model_dir, device=device).float()
-    batches = eval_batches(val, model.config.block_size, batch_size, max_batches=max_batches)
+    batches = eval_batches(val, model.config.block_size, batch_size, max_windows=batch_size * max_batches)
     return evaluate(model_loss_fn(model), batches, val.tokens_per_byte, device)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import UserError
 
@@ -111,7 +111,9 @@ class ModelConfig(Section):
 class LoopConfig(Section):
     """What pretraining and fine-tuning share: one training loop, one set of knobs."""
 
-    num_workers: int = Field(2, ge=1)
+    # A number, or [min, max]: elastic - Ray Train starts as many as it can place, down to min,
+    # restarts on fewer when a node is lost and grows again when capacity returns.
+    num_workers: int | tuple[int, int] = 2
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=1)
     # How long to wait for the autoscaler to start the nodes the workers need (a GPU node boots in
@@ -132,7 +134,7 @@ class LoopConfig(Section):
     beta2: float = 0.95
     grad_clip: float = Field(1.0, ge=0)
     eval_interval: int = Field(100, ge=1)
-    eval_batches: int = Field(20, ge=1)
+    eval_batches: int = Field(20, ge=1)  # an evaluation covers eval_batches x global_batch_size windows
     log_interval: int = Field(10, ge=1)
     checkpoint_interval: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -141,14 +143,38 @@ class LoopConfig(Section):
     run_name: str | None = None  # stable name => a resubmitted job resumes; default from fingerprint
     init_from: str | None = None  # models:/name@alias, models:/name/version, a model dir, an HF dir
 
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_range(cls, value):
+        low, high = (value, value) if isinstance(value, int) else value
+        if not 1 <= low <= high:
+            raise ValueError(f"needs a number >= 1 or [min, max] with 1 <= min <= max, got {value}")
+        return value
+
     @model_validator(mode="after")
     def _batch_divides(self):
-        per_step = self.micro_batch_size * self.num_workers
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"global_batch_size={self.global_batch_size} is not a multiple of "
-                f"micro_batch_size*num_workers={per_step}"
-            )
+        # Every world size the run may get must split the global batch into whole micro-batches:
+        # the gradient accumulation is recomputed for it, the global batch stays.
+        for workers in range(self.min_workers, self.max_workers + 1):
+            per_step = self.micro_batch_size * workers
+            if self.global_batch_size % per_step:
+                raise ValueError(
+                    f"global_batch_size={self.global_batch_size} is not a multiple of "
+                    f"micro_batch_size*num_workers={per_step}"
+                    + (
+                        f" (at {workers} of num_workers={list(self.num_workers)})"
+                        if workers != self.num_workers
+                        else ""
+                    )
+                )
         return self
 
 

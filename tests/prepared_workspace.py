@@ -180,7 +180,7 @@ def make_model_dir(
 
 
 TWO_NODES = """
-import json, sys
+import json, os, sys, threading, time
 import ray
 from ray.cluster_utils import Cluster
 
@@ -189,8 +189,20 @@ from pipelines.training.pretrain import pretrain_stage
 from pipelines.core.workflow import Runner
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-cluster.add_node(num_cpus=1)
+worker_node = cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address)
+
+
+def remove_worker_node_when(marker):  # a lost node: once a training rank holds at `marker`
+    while not os.path.exists(marker):
+        time.sleep(0.2)
+    cluster.remove_node(worker_node)
+    print("REMOVED NODE", flush=True)
+
+
+if os.environ.get("PIPELINES_TEST_REMOVE_NODE_ON"):
+    args = (os.environ["PIPELINES_TEST_REMOVE_NODE_ON"],)
+    threading.Thread(target=remove_worker_node_when, args=args, daemon=True).start()
 try:
     print("NODES", len([n for n in ray.nodes() if n["Alive"]]), flush=True)
     runner = Runner(load_config("configs/demo.yaml", json.loads(sys.argv[1])), [pretrain_stage()])

@@ -65,3 +65,19 @@ def test_missing_and_malformed_files(tmp_path):
 def test_micro_batch_must_divide_global_batch():
     with pytest.raises(UserError, match="global_batch_size=32 is not a multiple of"):
         load_config(None, ["train.micro_batch_size=3"])
+
+
+def test_elastic_num_workers_is_a_range_whose_every_size_splits_the_global_batch():
+    cfg = load_config(
+        None, ["train.num_workers=[1,4]", "train.micro_batch_size=2", "train.global_batch_size=24"]
+    )
+    assert (cfg.train.min_workers, cfg.train.max_workers) == (1, 4)
+    assert cfg.model_dump(mode="json")["train"]["num_workers"] == [1, 4]
+    assert load_config(None, ["train.num_workers=4"]).train.max_workers == 4
+    with pytest.raises(UserError, match=r"at 3 of num_workers=\[1, 3\]"):
+        load_config(
+            None, ["train.num_workers=[1,3]", "train.micro_batch_size=4", "train.global_batch_size=16"]
+        )
+    for bad in ("[2,1]", "[0,2]", "0"):
+        with pytest.raises(UserError, match=r"'train\.num_workers'.*1 <= min <= max"):
+            load_config(None, [f"train.num_workers={bad}"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import pipelines.shards.stage as shards_module
-from gpt2core.data import TokenShards, WindowSampler, bits_per_byte, eval_batches, token_dtype
+from gpt2core.data import IGNORE_INDEX, TokenShards, WindowSampler, bits_per_byte, eval_batches, token_dtype
 from pipelines.core.workspace import Workspace
 from pipelines.shards.stage import SplitWriter
 
@@ -151,15 +151,23 @@ def test_state_from_another_setup_is_refused(shards_dir):
         WindowSampler(shards, BLOCK, seed=1).load_state_dict({"epoch": 0, "position": 3, "seed": 1})
 
 
-def test_eval_batches_are_fixed_disjoint_and_equal_in_number(shards_dir):
+def test_eval_batches_are_fixed_disjoint_equal_in_number_and_the_same_set_for_any_world(shards_dir):
     val = TokenShards(shards_dir, "val")
     n_windows = len(val) // (BLOCK + 1)
-    ranks = [[window_ids(x) for x, _ in eval_batches(val, BLOCK, 10, rank, 2)] for rank in range(2)]
-    assert len(ranks[0]) == len(ranks[1])  # every rank runs the same number of forward passes
-    flat = [w for rank in ranks for batch in rank for w in batch]
-    assert sorted(flat) == list(range(n_windows // 2 * 2))
-    assert ranks[0] == [window_ids(x) for x, _ in eval_batches(val, BLOCK, 10, 0, 2)]  # same every time
-    assert len(list(eval_batches(val, BLOCK, 10, max_batches=3))) == 3
+    for world in (1, 2, 3):
+        ranks = [list(eval_batches(val, BLOCK, 10, rank, world)) for rank in range(world)]
+        assert len({len(batches) for batches in ranks}) == 1  # every rank runs as many forward passes
+        real = [window_ids(x) for batches in ranks for x, y in batches if (y != IGNORE_INDEX).any()]
+        assert sorted(w for ids in real for w in ids) == list(range(n_windows))
+        limited = [list(eval_batches(val, BLOCK, 4, rank, world, max_windows=30)) for rank in range(world)]
+        ids = [
+            w for batches in limited for x, y in batches if (y != IGNORE_INDEX).any() for w in window_ids(x)
+        ]
+        assert sorted(ids) == list(range(30))  # the first 30 windows, however many workers share them
+    padded = [y for x, y in eval_batches(val, BLOCK, 10, 2, 3, max_windows=2)]  # rank 2 has no window
+    assert len(padded) == 1 and (padded[0] == IGNORE_INDEX).all()
+    first = [window_ids(x) for x, _ in eval_batches(val, BLOCK, 10, 0, 2)]
+    assert first == [window_ids(x) for x, _ in eval_batches(val, BLOCK, 10, 0, 2)]  # same every time
 
 
 def test_corrupt_shard_file_is_refused_naming_it(shards_dir):

@@ -10,7 +10,7 @@ from prepared_workspace import run_pretrain_job
 
 from pipelines.core.workflow import Runner
 from pipelines.errors import UserError
-from pipelines.training.launch import RESUME_KEYS, check_resumable
+from pipelines.training.launch import LAYOUT_KEYS, RESUME_KEYS, check_resumable
 from pipelines.training.pretrain import pretrain_stage
 
 
@@ -121,11 +121,16 @@ def test_indivisible_global_batch_fails_on_the_command_line(prepared_workspace, 
     assert "train" in line and "global_batch_size=20" in line and "micro_batch_size*num_workers=8" in line
 
 
-def test_resuming_checkpoints_of_another_model_is_refused():
+def test_resuming_checkpoints_of_another_model_or_tokenizer_is_refused_and_a_new_layout_is_not():
     record = {"gpt": {"n_layer": 2}, "num_workers": 2, "zero_stage": 1, "micro_batch_size": 4}
     record |= {"global_batch_size": 16, "tokenizer_sha256": "abc"}
-    assert set(record) == set(RESUME_KEYS)
-    check_resumable(record, dict(record), "run", "train")  # same: fine
-    check_resumable(None, dict(record), "run", "train")  # no record: nothing to compare
-    with pytest.raises(UserError, match=r"'train\.run_name'.*gpt, num_workers"):
-        check_resumable(record, {**record, "gpt": {"n_layer": 4}, "num_workers": 4}, "run", "train")
+    assert set(record) == {*RESUME_KEYS, *LAYOUT_KEYS}
+    assert check_resumable(record, dict(record), "run", "train") == {}  # same: fine
+    assert check_resumable(None, dict(record), "run", "train") == {}  # no record: nothing to compare
+    with pytest.raises(UserError, match=r"'train\.run_name'.*another model shape and tokenizer"):
+        check_resumable(record, {**record, "gpt": {"n_layer": 4}, "tokenizer_sha256": "def"}, "run", "train")
+    with pytest.raises(UserError, match=r"'finetune\.run_name'.*another tokenizer; choose a new finetune"):
+        check_resumable(record, {**record, "tokenizer_sha256": "def"}, "run", "finetune")
+    # checkpoints reshard: another number of workers, ZeRO stage or batch split is a logged change
+    changed = check_resumable(record, {**record, "num_workers": [1, 2], "zero_stage": 2}, "run", "train")
+    assert changed == {"num_workers": (2, [1, 2]), "zero_stage": (1, 2)}

@@ -58,7 +58,7 @@ def train_variants(config: dict) -> None:
         source = task.train_source(rank, world, config["gpt"]["block_size"], loop.seed)
         losses, norms = [], []
         for _ in range(BF16_STEPS if loop.precision == "bf16" else STEPS):
-            loss, norm = train_step(engine, source, loop.micro_batch_size, loop.lr, device)
+            loss, norm, _ = train_step(engine, source, loop.micro_batch_size, loop.lr, device)
             losses.append(loss)
             norms.append(norm)
         weights = consolidated_weights(engine, spec, rank)

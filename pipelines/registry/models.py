@@ -57,8 +57,11 @@ def gate_resources(loop: LoopConfig) -> dict[str, int]:
     """GateResources fields of a training loop config: its global micro batch and eval batches,
     one worker's CPUs and GPU."""
     return {
-        "batch_size": loop.micro_batch_size * loop.num_workers,
-        "max_batches": loop.eval_batches,
+        "batch_size": loop.micro_batch_size * loop.max_workers,
+        # the training evaluation's windows (eval_batches global batches), in batches of that size
+        "max_batches": loop.eval_batches
+        * loop.global_batch_size
+        // (loop.micro_batch_size * loop.max_workers),
         "num_cpus": loop.cpus_per_worker,
         "num_gpus": 1 if loop.use_gpu else 0,
     }

@@ -1,11 +1,13 @@
-"""Training checkpoints: the DeepSpeed checkpoint plus each rank's training state, in one directory.
+"""Training checkpoints: the portable model and optimizer state plus each rank's training state.
 
-Every rank writes into its own local directory (DeepSpeed: rank 0 the module states, each rank its
-ZeRO partition; here: `train_state/rank-NNNNN.json`), then all ranks call `ray.train.report` with
-it, and Ray Train merges the ranks' directories into one checkpoint in storage. A rank's state holds
-what the DeepSpeed checkpoint does not: the optimizer step, tokens seen, the data source position,
-the torch/numpy/python RNG states, the early-stopping record and the MLflow run id, so that a restart
-continues exactly (and stops early where the uninterrupted run would).
+Every rank writes into its own local directory - its pieces of the fp32 weights and AdamW moments
+(portable.py: loadable on any number of workers and any ZeRO stage) and `train_state/rank-NNNNN.json`
+- then all ranks call `ray.train.report` with it, and Ray Train merges the ranks' directories into
+one checkpoint in storage. A rank's state holds the rest: the training step, tokens seen, the data
+position (the world's, the same on every rank), the torch/numpy/python RNG states, the early-stopping
+record and the MLflow run id, so that a restart continues exactly (and stops early where the
+uninterrupted run would). A run resumed on more workers than wrote the checkpoint gives the new
+ranks rank 0's data position and a fresh start's RNG.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-DS_TAG = "deepspeed"  # one tag per checkpoint directory: Ray Train gives each checkpoint its own
 STATE_DIR = "train_state"
 
 
@@ -85,9 +86,19 @@ def _jsonable(value: Any) -> Any:
     return [_jsonable(v) for v in value] if isinstance(value, tuple) else value
 
 
-def save(engine: Any, directory: str | Path, rank: int, state: TrainState, source: Any, extra: dict) -> None:
-    """Collective: every rank writes its part of the checkpoint into its own `directory`."""
-    engine.save_checkpoint(str(directory), tag=DS_TAG)
+def save(
+    engine: Any,
+    directory: str | Path,
+    rank: int,
+    world_size: int,
+    state: TrainState,
+    source: Any,
+    extra: dict,
+) -> None:
+    """Every rank writes its part of the checkpoint into its own `directory` (no collective)."""
+    from pipelines.training import portable
+
+    portable.save(engine, directory, rank, world_size, state.step, extra.get("precision", ""))
     write_rank_state(directory, rank, state, source, extra)
 
 
@@ -106,19 +117,53 @@ def train_state(saved: dict[str, Any]) -> TrainState:
 def read_rank_state(directory: str | Path, rank: int) -> dict[str, Any]:
     path = rank_state_file(directory, rank)
     if not path.is_file():
-        raise ValueError(
-            f"checkpoint {directory} has no training state for rank {rank} "
-            "(was it written by a run with fewer workers? resume with the same train.num_workers)"
-        )
-    return json.loads(path.read_text())
+        raise IncompleteCheckpoint(f"checkpoint {directory} has no training state for rank {rank}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IncompleteCheckpoint(
+            f"checkpoint {directory}: {rank_state_rel(rank)} is not JSON ({exc})"
+        ) from None
 
 
-def restore(engine: Any, directory: str | Path, rank: int, source: Any) -> TrainState:
-    """Collective: load the DeepSpeed checkpoint, this rank's data position and RNG states."""
-    saved = read_rank_state(directory, rank)
-    load_path, _ = engine.load_checkpoint(str(directory), tag=DS_TAG, load_lr_scheduler_states=False)
-    if load_path is None:
-        raise ValueError(f"checkpoint {directory}: DeepSpeed found no checkpoint with tag {DS_TAG!r}")
-    source.load_state_dict(saved["source"])
-    set_rng_state(saved["rng"])
-    return train_state(saved)
+class IncompleteCheckpoint(ValueError):
+    """A checkpoint directory with a part missing, truncated or unreadable."""
+
+
+def check_complete(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's meta when every rank's parts are there and readable; else IncompleteCheckpoint
+    naming the first part that is not (a crashed upload, a deleted or truncated file)."""
+    from safetensors import safe_open
+
+    from pipelines.training import portable
+
+    try:
+        meta = portable.read_meta(directory)
+    except (portable.PortableStateError, json.JSONDecodeError) as exc:
+        raise IncompleteCheckpoint(str(exc)) from None
+    for rank in range(meta["world_size"]):
+        read_rank_state(directory, rank)
+        path = Path(directory) / portable.rank_file(rank)
+        try:  # safetensors checks at open that the header's extents lie inside the file
+            with safe_open(str(path), framework="pt") as pieces:
+                pieces.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise IncompleteCheckpoint(
+                f"checkpoint {directory}: {portable.rank_file(rank)} is unreadable ({exc})"
+            ) from None
+    return meta
+
+
+def restore(engine: Any, directory: str | Path, rank: int, source: Any) -> tuple[TrainState, dict[str, Any]]:
+    """Collective: the engine's weights and optimizer state, this rank's data position and RNG states,
+    whatever the world size and ZeRO stage that wrote the checkpoint. Returns (state, rank's saved
+    state, which names the writer's world_size and zero_stage)."""
+    from pipelines.training import portable
+
+    meta = portable.load(engine, directory)
+    own = rank < meta["world_size"]
+    saved = read_rank_state(directory, rank if own else 0)
+    source.load_state_dict(saved["source"])  # the world's position: any rank's serves
+    if own:
+        set_rng_state(saved["rng"])
+    return train_state(saved), {**saved, "zero_stage": meta["zero_stage"], "world_size": meta["world_size"]}

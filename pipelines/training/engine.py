@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pipelines.config import LoopConfig
 from pipelines.core.cache import DirRef, as_local
@@ -33,6 +33,7 @@ class LoopSpec:
     params: dict[str, str] = field(default_factory=dict)  # logged by rank 0 when the run starts fresh
     fault: FaultHook | None = None
     label: str = "pretrain"
+    section: str = "train"  # the config section, for one-line errors naming its keys
     lora: LoraConfig | None = None  # train only low-rank adapters, merged into the export
     early_stop_patience: int = 0  # evaluations without a better val loss before stopping; 0 = never
     async_upload: bool = False  # object-store storage: upload checkpoints while training goes on
@@ -109,18 +110,29 @@ def make_engine(spec: LoopSpec, world_size: int, device) -> tuple[Any, str]:
     return engine, precision
 
 
-def train_step(engine, source, micro_batch_size: int, lr: float, device) -> tuple[float, float | None]:
-    """One optimizer step over all micro-batches: (loss averaged over micro-batches and ranks, grad norm)."""
+class StepResult(NamedTuple):
+    loss: float  # averaged over micro-batches and ranks
+    grad_norm: float | None
+    data_digest: int  # this rank's share of the step's data digest (gpt2core.data.batch_digest)
+
+
+def train_step(engine, source, micro_batch_size: int, lr: float, device) -> StepResult:
+    """One optimizer step over all micro-batches."""
     import torch
+
+    from gpt2core.data import batch_digest
 
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
     total = torch.zeros((), dtype=torch.float32, device=device)
+    digest = torch.zeros((), dtype=torch.int64, device=device)
     steps = engine.gradient_accumulation_steps()
     norm = None
     for micro in range(steps):
         x, y = source.next_batch(micro_batch_size)
-        _, loss = engine(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        digest += batch_digest(x)
+        _, loss = engine(x, y)
         engine.backward(loss)
         total += loss.detach().float()
         if micro == steps - 1 and engine.zero_optimization_stage() == 0:
@@ -131,7 +143,7 @@ def train_step(engine, source, micro_batch_size: int, lr: float, device) -> tupl
         total /= torch.distributed.get_world_size()
     ds_norm = engine.get_global_grad_norm()
     norm = float(ds_norm) if ds_norm is not None else norm
-    return float(total) / steps, norm
+    return StepResult(float(total) / steps, norm, int(digest))
 
 
 def _unreduced_grad_norm(engine) -> float | None:
@@ -173,6 +185,13 @@ def consolidated_weights(engine, spec: LoopSpec, rank: int) -> dict[str, Any]:
     return state
 
 
+def eval_windows(loop: LoopConfig) -> int:
+    """How many val windows (or rows) an evaluation covers: eval_batches global batches. Not a
+    function of the world size, so a run resumed on other workers (or an elastic one) keeps one val
+    curve; the champion gate evaluates the same windows."""
+    return loop.eval_batches * loop.global_batch_size
+
+
 def evaluate_engine(engine, spec: LoopSpec, rank: int, world_size: int, device, tokens_per_byte):
     import torch
 
@@ -180,7 +199,7 @@ def evaluate_engine(engine, spec: LoopSpec, rank: int, world_size: int, device, 
 
     loop = spec.loop
     batches = spec.task.eval_batches(
-        rank, world_size, spec.gpt["block_size"], loop.micro_batch_size, loop.eval_batches
+        rank, world_size, spec.gpt["block_size"], loop.micro_batch_size, eval_windows(loop)
     )
     engine.eval()
     try:

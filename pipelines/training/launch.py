@@ -2,9 +2,11 @@
 
 prepare()  checks DeepSpeed options and what the cluster can place, names the run stably
            (`<loop>.run_name`, or `<stage>-<fingerprint[:12]>`) with storage
-           `<workspace>/checkpoints/`, refuses to resume checkpoints of another model or layout,
-           and picks the MLflow run that continues the curves;
-train()    runs the TorchTrainer (FailureConfig restarts lost workers from the last checkpoint) -
+           `<workspace>/checkpoints/`, refuses to resume checkpoints of another model shape or
+           tokenizer (another layout reshards, and is logged), and picks the MLflow run that
+           continues the curves;
+train()    runs the TorchTrainer (FailureConfig restarts lost workers from the last checkpoint, on
+           fewer workers when `num_workers` is an elastic [min, max]) -
            or nothing, when the run's last checkpoint is already the finished one;
 publish()  copies the consolidated model out of the final checkpoint into the stage's output dir,
            logs it to MLflow as a pyfunc model (into the run with the curves and the data
@@ -31,15 +33,10 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "checkpoints"
 RUN_RECORD = "run.json"  # next to Ray Train's files in checkpoints/<run>/: what the run was started with
-# What must not change when a run resumes from its checkpoints (the rest may, e.g. max_steps).
-RESUME_KEYS = (
-    "gpt",
-    "num_workers",
-    "zero_stage",
-    "micro_batch_size",
-    "global_batch_size",
-    "tokenizer_sha256",
-)
+# What must not change when a run resumes from its checkpoints: the model's shape and its tokenizer.
+# The rest may (checkpoints reshard to any number of workers and ZeRO stage); a change is logged.
+RESUME_KEYS = ("gpt", "tokenizer_sha256")
+LAYOUT_KEYS = ("num_workers", "zero_stage", "micro_batch_size", "global_batch_size")
 
 
 def run_name(loop: LoopConfig, stage: str, fingerprint: str) -> str:
@@ -68,13 +65,21 @@ def latest_checkpoint(ws: Workspace, rel: str) -> tuple[Any, int] | None:
     return result.checkpoint, int(result.metrics["step"])
 
 
-def check_resumable(record: dict | None, current: dict, run: str, section: str) -> None:
+def check_resumable(record: dict | None, current: dict, run: str, section: str) -> dict[str, tuple]:
+    """Refuse a resume with another model shape or tokenizer; return the layout keys that changed,
+    {key: (before, now)}."""
     changed = [k for k in RESUME_KEYS if record is not None and record.get(k) != current.get(k)]
     if changed:
         raise UserError(
-            f"config key '{section}.run_name': run {run!r} has checkpoints made with other "
-            f"{', '.join(changed)}; choose a new {section}.run_name or restore those settings"
+            f"config key '{section}.run_name': run {run!r} has checkpoints of another "
+            f"{' and '.join(_RESUME_NAMES[k] for k in changed)}; choose a new {section}.run_name "
+            "or restore those settings"
         )
+    before = record or {}
+    return {k: (before[k], current[k]) for k in LAYOUT_KEYS if k in before and before[k] != current[k]}
+
+
+_RESUME_NAMES = {"gpt": "model shape", "tokenizer_sha256": "tokenizer"}
 
 
 def training_run_id(record: dict | None, resuming: bool, stage_run_id: str | None) -> str | None:
@@ -146,19 +151,23 @@ def prepare(
     record = ctx.ws.read_json(record_rel) if ctx.ws.exists(record_rel) else None
     current = {
         "gpt": gpt,
-        "num_workers": loop.num_workers,
+        "num_workers": loop.num_workers if isinstance(loop.num_workers, int) else list(loop.num_workers),
         "zero_stage": loop.zero_stage,
         "micro_batch_size": loop.micro_batch_size,
         "global_batch_size": loop.global_batch_size,
         "tokenizer_sha256": getattr(task, "tokenizer_sha256", None),
     }
     latest = latest_checkpoint(ctx.ws, rel)
-    if latest is not None:
-        check_resumable(record, current, name, section)
+    changes = check_resumable(record, current, name, section) if latest is not None else {}
     run_id = training_run_id(record, latest is not None, ctx.mlflow_run_id)
     ctx.ws.write_json(record_rel, {**current, "mlflow_run_id": run_id})
     if ctx.mlflow_run_id and run_id != ctx.mlflow_run_id:
         mlflow.set_tag("training_run_id", run_id)  # this stage run continues an earlier run's curves
+    if changes:
+        said = ", ".join(f"{section}.{k} {a} -> {b}" for k, (a, b) in changes.items())
+        ctx.log(f"[{ctx.stage}] run {name!r} resumes with {said}")
+        if run_id:
+            mlflow.MlflowClient().set_tag(run_id, f"resumed.step_{latest[1]}", said)
     if dataset is not None and latest is None:
         mlflow.log_input(dataset[0], context="training", tags=dataset[1])  # lineage, once per run
     spec = LoopSpec(
@@ -172,6 +181,7 @@ def prepare(
         params=tracking.safe_params(ctx.cfg.model_dump(mode="json")),
         fault=step_fault(ctx.ws.full_uri(rel)),
         label=ctx.stage,
+        section=section,
         async_upload=not ctx.ws.is_local,
         **spec_options,
     )
@@ -186,24 +196,28 @@ def train(launch: Launch, log=print) -> tuple[dict[str, Any], Any]:
         checkpoint, step = launch.latest
         log(f"[{launch.spec.label}] run {launch.name!r} finished at step {step} before: not training again")
         return {"start_step": step, "timing": {}}, checkpoint
-    return fit(launch)
+    return fit(launch, log)
 
 
-def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
+def fit(launch: Launch, log=print) -> tuple[dict[str, Any], Any]:
     """Run the TorchTrainer to the end. A worker-side UserError stays a one-line UserError; an error
     no restart can cure ends the run at once (training/failures.py), as a one-line RunFailed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from pipelines.training.failures import trainer_class
     from pipelines.training.loop import train_worker
+    from pipelines.training.placement import worker_resources
+    from pipelines.training.preemption import torch_config
 
     loop = launch.spec.loop
-    resources = {"CPU": loop.cpus_per_worker, **({"GPU": 1} if loop.use_gpu else {})}
     trainer = trainer_class()(
         train_worker,
         train_loop_config={"spec": launch.spec},
+        torch_config=torch_config(),  # also installs each worker's SIGTERM handler
         scaling_config=ScalingConfig(
-            num_workers=loop.num_workers, use_gpu=loop.use_gpu, resources_per_worker=resources
+            num_workers=loop.num_workers,  # (min, max): Ray Train's elastic form
+            use_gpu=loop.use_gpu,
+            resources_per_worker=worker_resources(loop),
         ),
         run_config=RunConfig(
             name=launch.name,
@@ -224,6 +238,8 @@ def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
     summary = result.return_value
     if not summary or result.checkpoint is None:
         raise RuntimeError(f"training run {launch.name!r} ended without its final checkpoint")
+    for path in summary.get("skipped_checkpoints", []):
+        log(f"[{launch.spec.label}] warning: skipped the incomplete checkpoint {path} for the one before it")
     timing = summary["timing"]
     first_step = timing.pop("first_step_end", None)  # absent when nothing was left to train
     timing["submit_to_worker_s"] = timing.pop("worker_start") - submitted
@@ -234,12 +250,18 @@ def fit(launch: Launch) -> tuple[dict[str, Any], Any]:
 
 
 def _one_line_cause(exc: BaseException) -> UserError | None:
+    from pipelines.errors import RunFailed, causes
     from pipelines.training.failures import first_incurable, run_failed
+    from pipelines.training.preemption import Preempted
 
     failures = getattr(exc, "worker_failures", {})
     for failure in failures.values():
         if found := user_error_in(failure):
             return found
+    for failure in failures.values():
+        preempted = next((e for e in causes(failure) if isinstance(e, Preempted)), None)
+        if preempted is not None:
+            return RunFailed(f"training was preempted: {preempted}; submit the job again to resume from it")
     found = first_incurable(failures)
     return run_failed(*found) if found else None
 
@@ -292,6 +314,7 @@ def publish(
         "run_name": launch.name,
         "checkpoints": launch.rel,
         "resumed_from_step": summary["start_step"],
+        "skipped_checkpoints": summary.get("skipped_checkpoints", []),
         "steps": final["step"],
         "tokens": final["tokens"],
         "val": final["val"],

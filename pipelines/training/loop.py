@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.cache import staging_dir
+from pipelines.training import preemption
 from pipelines.training.checkpoint import TrainState
 from pipelines.training.engine import (
     MODEL_DIR,
@@ -31,7 +32,17 @@ from pipelines.training.engine import (
 from pipelines.training.metrics import MetricsLog, Progress, memory_mb, say
 from pipelines.training.prefetch import prefetched
 
-METRIC_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_mb", "tokens")
+METRIC_KEYS = (
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "mfu",
+    "memory_mb",
+    "tokens",
+    "world_size",
+    "data_digest",
+)
 EVAL_KEYS = ("val_loss", "val_ppl", "val_bpb")
 WARMUP_STEPS = 3  # steps after a (re)start that the steady-state timing leaves out
 KEEP_STEP_TIMES = 2000  # per-step seconds returned to the launcher (benchmarks take their median)
@@ -65,6 +76,8 @@ class Worker:
         self.step_metrics: dict[str, float] = {}
         self.step_seconds: list[float] = []
         self.state = TrainState()  # replaced by the fresh or restored state in run()
+        self.resumed_layout: tuple[int, int] | None = None  # (workers, ZeRO stage) of the checkpoint resumed
+        self.skipped: list[str] = []  # incomplete checkpoints passed over for an older one
 
     def run(self) -> dict[str, Any] | None:
         started = time.perf_counter()
@@ -81,6 +94,7 @@ class Worker:
         tick = time.perf_counter()
         self.metrics = self._metrics_log(state, fresh=not resumed) if rank == 0 else _NoMetrics()
         self.timing["mlflow_setup_s"] = time.perf_counter() - tick
+        self._record_layout(state.step)
         if not resumed:
             self._eval_and_log(state.step)  # the starting point of the val curve
         self.timing["setup_s"] = time.perf_counter() - started
@@ -91,24 +105,60 @@ class Worker:
         self.timing["worker_s"] = time.perf_counter() - started
         if rank != 0:
             return None
-        return {"start_step": start_step, "timing": self.timing, "step_seconds": self.step_seconds}
+        return {
+            "start_step": start_step,
+            "skipped_checkpoints": self.skipped,
+            "timing": self.timing,
+            "step_seconds": self.step_seconds,
+        }
 
     def _restore(self) -> tuple[TrainState, bool]:
-        """(state, resumed): from Ray Train's latest checkpoint when the run has one."""
-        import ray.train
-
+        """(state, resumed): from the run's newest complete checkpoint, when it has one. An
+        incomplete one (a part missing or unreadable) is skipped, with a warning naming it."""
+        from pipelines.errors import UserError
         from pipelines.training import checkpoint as train_checkpoint
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        candidates = _checkpoints_newest_first()
+        for checkpoint in candidates:
+            with checkpoint.as_directory() as directory:
+                try:
+                    train_checkpoint.check_complete(directory)
+                    problem = None
+                except train_checkpoint.IncompleteCheckpoint as exc:
+                    problem = str(exc)
+                if _everyone(problem is None, self.device):  # the ranks load the same checkpoint
+                    state, saved = train_checkpoint.restore(self.engine, directory, self.rank, self.source)
+                    break
+            self.skipped.append(checkpoint.path)
+            if self.rank == 0:
+                why = problem or "incomplete on another rank"
+                self._say(f"[{self.spec.label}] warning: skipping checkpoint {checkpoint.path}: {why}")
+        else:
+            if candidates:
+                raise UserError(
+                    f"config key '{self.spec.section}.run_name': run has no complete checkpoint to resume "
+                    f"(newest: {candidates[0].path}); choose a new {self.spec.section}.run_name"
+                )
             return TrainState(mlflow_run_id=self.spec.mlflow_run_id), False
-        with checkpoint.as_directory() as directory:
-            state = train_checkpoint.restore(self.engine, directory, self.rank, self.source)
-            self.last_eval = train_checkpoint.read_rank_state(directory, self.rank).get("val")
+        self.last_eval = saved.get("val")
+        self.resumed_layout = (saved["world_size"], saved["zero_stage"])
         state.mlflow_run_id = self.spec.mlflow_run_id  # the launcher decides which run continues
         if self.rank == 0:
-            self._say(f"[{self.spec.label}] resumed from the checkpoint of step {state.step}")
+            self._say(
+                f"[{self.spec.label}] resumed from the checkpoint of step {state.step}{self._reshard_note()}"
+            )
         return state, True
+
+    def _reshard_note(self) -> str:
+        """How the layout differs from the one that wrote the checkpoint ('' when it does not)."""
+        workers, stage = self.resumed_layout
+        if (workers, stage) == (self.world_size, self.loop.zero_stage):
+            return ""
+        accum = self.engine.gradient_accumulation_steps()
+        return (
+            f", resharded from {workers} workers at ZeRO {stage} to {self.world_size} at ZeRO "
+            f"{self.loop.zero_stage} (gradient accumulation {accum})"
+        )
 
     def _train(self, state: TrainState, start_step: int) -> None:
         from gpt2core.config import GPTConfig
@@ -119,21 +169,29 @@ class Worker:
         flops = flops_per_token(GPTConfig.from_dict(self.spec.gpt), self.block_size)
         peak = self._peak_flops() if rank == 0 else None
         progress = Progress(loop.max_steps, start_step, f"[{self.spec.label}]")
+        preemption.training_from(state.step)
+        drained = False  # a drain notice checkpoints once; the run trains on until Ray restarts it
         while state.step < loop.max_steps and not self._stop_early():
             tick = time.perf_counter()
             lr = lr_at(state.step, loop.lr, loop.warmup_steps, loop.max_steps, loop.min_lr_ratio)
-            loss, norm = train_step(self.engine, self.source, loop.micro_batch_size, lr, self.device)
+            loss, norm, digest = train_step(self.engine, self.source, loop.micro_batch_size, lr, self.device)
             state.step += 1
             state.tokens += self.tokens_per_step
             self._time_step(time.perf_counter() - tick, state.step - start_step)
             if self.spec.fault is not None:
-                self.spec.fault.maybe_fire(state.step, rank)
+                self.spec.fault.maybe_fire(state.step, rank, preemption.wait_for_sigterm)
+            notice, digest = _agree(preemption.step_done(state.step), digest, self.device)
             if rank == 0:
                 speed = self.tokens_per_step / (time.perf_counter() - tick)
                 self.step_metrics = {"loss": loss, "lr": lr, "tokens_per_s": speed}
                 if peak:
                     self.step_metrics["mfu"] = speed * flops / (peak * self.world_size)
-                extra = {"grad_norm": norm, "memory_mb": memory_mb(self.device), "tokens": state.tokens}
+                extra = {
+                    "grad_norm": norm,
+                    "memory_mb": memory_mb(self.device),
+                    "tokens": state.tokens,
+                    "data_digest": digest,  # which windows this step saw: equal across layouts
+                }
                 self.metrics.log(state.step, {**self.step_metrics, **extra})
             evaluated = state.step % loop.eval_interval == 0 or state.step == loop.max_steps
             if evaluated:
@@ -144,8 +202,15 @@ class Worker:
             if rank == 0 and (state.step % loop.log_interval == 0 or evaluated):
                 self._say(progress.line(state.step, {**self.step_metrics, **self._eval_metrics(evaluated)}))
                 self.metrics.flush()
-            if state.step % loop.checkpoint_interval == 0 or last:
+            preempted = notice == preemption.TERMINATING or (notice == preemption.DRAINING and not drained)
+            if state.step % loop.checkpoint_interval == 0 or last or preempted:
                 self._checkpoint(state, final=last)
+            if preempted and rank == 0:
+                why = "a worker got SIGTERM" if notice == preemption.TERMINATING else "a node is draining"
+                self._say(f"[{self.spec.label}] {why}: checkpointed at step {state.step}")
+            drained = drained or notice == preemption.DRAINING
+            if notice == preemption.TERMINATING and not last:
+                raise preemption.Preempted.at(state.step)
 
     def _time_step(self, seconds: float, steps_done: int) -> None:
         """Step timings for throughput: the first steps (warm-up: allocator, thread pools) apart."""
@@ -190,10 +255,11 @@ class Worker:
             "precision": self.precision,
             "grad_accum_steps": self.engine.gradient_accumulation_steps(),
             "node_id": _node_id(),
+            "sigterm_during_step": preemption.signalled_during(),
         }
         # A local staging directory that Ray Train deletes once the checkpoint is in storage.
         directory = staging_dir("ckpt-")
-        train_checkpoint.save(self.engine, directory, self.rank, state, self.source, extra)
+        train_checkpoint.save(self.engine, directory, self.rank, self.world_size, state, self.source, extra)
         if final:
             # every rank: gathers partitions
             weights = consolidated_weights(self.engine, self.spec, self.rank)
@@ -214,6 +280,16 @@ class Worker:
         kind = "final_checkpoint" if final else "checkpoint"  # the final one also consolidates
         self.timing[f"{kind}_s"] = self.timing.get(f"{kind}_s", 0.0) + time.perf_counter() - tick
         self.timing[f"{kind}s"] = self.timing.get(f"{kind}s", 0) + 1
+
+    def _record_layout(self, step: int) -> None:
+        """Every (re)start's world size into MLflow: a `restart_world_size` metric history over the steps
+        (an elastic run that grows before its first checkpoint restarts at step 0 again), and a tag
+        for each change of layout at a resume."""
+        self.metrics.log_event(step, "restart_world_size", self.world_size)
+        note = self._reshard_note() if self.resumed_layout else ""
+        if note and self.rank == 0:
+            self.metrics.set_tag(f"resharded.step_{step}", note.removeprefix(", resharded "))
+        self.metrics.flush()
 
     def _metrics_log(self, state: TrainState, fresh: bool):
         if not (self.spec.tracking_uri and state.mlflow_run_id):
@@ -251,8 +327,54 @@ class _NoMetrics:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
+    def log_event(self, step: int, key: str, value: float) -> None:
+        pass
+
+    def set_tag(self, key: str, value: str) -> None:
+        pass
+
     def flush(self) -> None:
         pass
+
+
+def _checkpoints_newest_first() -> list[Any]:
+    """The run's checkpoints that Ray Train keeps, newest first (across resubmissions)."""
+    import ray.train
+
+    reported = ray.train.get_all_reported_checkpoints()
+    ordered = sorted(reported, key=lambda r: r.metrics.get("step", -1), reverse=True)
+    found = [r.checkpoint for r in ordered]
+    latest = ray.train.get_checkpoint()
+    if latest is not None and all(c.path != latest.path for c in found):
+        found.insert(0, latest)
+    return found
+
+
+def _agree(notice: int, digest: int, device) -> tuple[int, int]:
+    """Collective, once per step: (the strongest preemption notice of any rank, the step's data
+    digest over all ranks), in one small all-reduce."""
+    import torch
+
+    from gpt2core.data import DIGEST_MOD
+
+    values = [int(notice == preemption.TERMINATING), int(notice == preemption.DRAINING), digest]
+    if torch.distributed.is_initialized():
+        tensor = torch.tensor(values, dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(tensor)
+        values = tensor.tolist()
+    strongest = preemption.TERMINATING if values[0] else preemption.DRAINING if values[1] else preemption.NONE
+    return strongest, values[2] % DIGEST_MOD
+
+
+def _everyone(flag: bool, device) -> bool:
+    """Collective: the flag holds on every rank."""
+    import torch
+
+    if not torch.distributed.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
 
 
 def _torch_threads() -> int:

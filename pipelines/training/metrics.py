@@ -46,6 +46,13 @@ class MetricsLog:
             batch, self._pending = self._pending[:FLUSH_METRICS], self._pending[FLUSH_METRICS:]
             self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_event(self, step: int, key: str, value: float) -> None:
+        """A value that each (re)start records once, even at a step logged before (no dedup)."""
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
     def log_params(self, params: dict[str, Any]) -> None:
         """The resolved config as params: flattened, truncated and with credentials redacted here,
         whatever the caller passed (a URL password or token never reaches the tracking server)."""

@@ -32,11 +32,11 @@ def worker_resources(loop: LoopConfig) -> dict[str, float]:
 def verdict(cluster: Cluster, loop: LoopConfig, section: str) -> str:
     """'now', 'later' (once the autoscaler adds nodes) or raises the one-line UserError."""
     need = worker_resources(loop)
-    if placeable_now(cluster, need) >= loop.num_workers:
+    if placeable_now(cluster, need) >= loop.min_workers:  # an elastic run starts with what it can get
         return "now"
-    if placeable_ever(cluster, need) >= loop.num_workers:
+    if placeable_ever(cluster, need) >= loop.min_workers:
         return "later"
-    want = f"{loop.num_workers} workers x ({loop.cpus_per_worker} CPU" + (", 1 GPU)" if loop.use_gpu else ")")
+    want = f"{loop.min_workers} workers x ({loop.cpus_per_worker} CPU" + (", 1 GPU)" if loop.use_gpu else ")")
     no_gpu_anywhere = not any(n.get("GPU") for n in cluster.live) and not any(
         g.resources.get("GPU") for g in cluster.groups
     )
@@ -49,7 +49,7 @@ def verdict(cluster: Cluster, loop: LoopConfig, section: str) -> str:
 
 def waiting_line(cluster: Cluster, loop: LoopConfig) -> str:
     need = worker_resources(loop)
-    missing = loop.num_workers - placeable_now(cluster, need)
+    missing = loop.min_workers - placeable_now(cluster, need)
     what = f"{missing} GPUs" if loop.use_gpu else f"{missing * loop.cpus_per_worker} CPUs"
     return f"waiting for {what} from the autoscaler ({missing} more worker(s) to place)"
 
@@ -69,7 +69,7 @@ def check_cluster(
     if verdict(cluster, loop, section) == "now":
         return
     request = request or _request_resources
-    request([worker_resources(loop)] * loop.num_workers)  # start the nodes now, not when Ray Train asks
+    request([worker_resources(loop)] * loop.max_workers)  # start the nodes now, not when Ray Train asks
     deadline = clock() + loop.placement_timeout_s
     try:
         log(f"[{section}] {waiting_line(cluster, loop)}, up to {loop.placement_timeout_s} s")
@@ -77,7 +77,7 @@ def check_cluster(
             if clock() >= deadline:
                 raise UserError(
                     f"config key '{section}.placement_timeout_s': the autoscaler did not provide "
-                    f"{loop.num_workers} workers within {loop.placement_timeout_s} s ({cluster.describe()})"
+                    f"{loop.min_workers} workers within {loop.placement_timeout_s} s ({cluster.describe()})"
                 )
             sleep(POLL_S)
             cluster = look()

@@ -137,11 +137,11 @@ def _check_shards_complete(ws: Workspace, rel: str, manifest: dict) -> None:
 def check_windows(shards: ShardsData, block_size: int, loop: LoopConfig, section: str) -> None:
     for split in ("train", "val"):
         split_tokens = shards.manifest["splits"][split]["tokens"]
-        per_rank = split_tokens // (block_size + 1) // loop.num_workers
+        per_rank = split_tokens // (block_size + 1) // loop.max_workers
         if per_rank < 1:
             raise UserError(
                 f"shards {shards.dir}: the {split} split has {split_tokens} tokens, too few for "
-                f"{loop.num_workers} workers with windows of {block_size + 1} tokens "
+                f"{loop.max_workers} workers with windows of {block_size + 1} tokens "
                 f"(lower model.block_size or {section}.num_workers, or give the corpus more text)"
             )
 

@@ -4,8 +4,9 @@ The loop (pipelines/training/loop.py) knows nothing about shards or prompts; it 
   - train_source(rank, world_size, block_size, seed): a BatchSource, i.e. next_batch(n) -> (x, y)
     int64 [n, block_size] with -100 marking targets that do not count, plus state_dict() /
     load_state_dict() that restore exactly the next batch after a restart;
-  - eval_batches(rank, world_size, block_size, batch_size, max_batches): this rank's share of the
-    validation batches, the same count on every rank (ZeRO-3 needs every rank in every forward);
+  - eval_batches(rank, world_size, block_size, batch_size, max_windows): this rank's share of the
+    first max_windows validation windows or rows (the same set for any world size), the same
+    count of batches on every rank (ZeRO-3 needs every rank in every forward);
   - eval_tokens_per_byte(): validation tokens per UTF-8 byte, for bits per byte (None: unknown).
 Tasks are plain picklable objects: the launcher builds one and Ray ships it to every worker.
 
@@ -38,7 +39,7 @@ class Task(Protocol):
     def train_source(self, rank: int, world_size: int, block_size: int, seed: int) -> BatchSource: ...
 
     def eval_batches(
-        self, rank: int, world_size: int, block_size: int, batch_size: int, max_batches: int
+        self, rank: int, world_size: int, block_size: int, batch_size: int, max_windows: int
     ) -> Iterable[tuple[Any, Any]]: ...
 
     def eval_tokens_per_byte(self) -> float | None: ...
@@ -73,10 +74,10 @@ class PretrainTask:
 
         return WindowSampler(self._split("train"), block_size, rank, world_size, seed)
 
-    def eval_batches(self, rank: int, world_size: int, block_size: int, batch_size: int, max_batches: int):
+    def eval_batches(self, rank: int, world_size: int, block_size: int, batch_size: int, max_windows: int):
         from gpt2core.data import eval_batches
 
-        return eval_batches(self._split("val"), block_size, batch_size, rank, world_size, max_batches)
+        return eval_batches(self._split("val"), block_size, batch_size, rank, world_size, max_windows)
 
     def eval_tokens_per_byte(self) -> float | None:
         return self._split("val").tokens_per_byte

@@ -149,7 +149,7 @@ def prepare_data(ctx: StageContext, init: InitModel) -> Prepared:
         info = build(source, tokenizer, gpt["block_size"], loop.val_fraction, work / DATA_DIR)
     except ValueError as exc:
         raise UserError(f"config key 'finetune.data': {source}: {exc}") from None
-    if info["splits"]["train"]["rows"] < loop.num_workers:
+    if info["splits"]["train"]["rows"] < loop.max_workers:
         raise UserError(f"config key 'finetune.data': {source} has fewer training rows than workers")
     # The rows go where every worker (and the generate stage) reads them: the run's directory.
     data_rel = f"{run_rel(ctx, loop)}/{DATA_DIR}"

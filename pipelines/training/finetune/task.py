@@ -1,55 +1,37 @@
 """The fine-tuning Task for the shared training loop (see pipelines/training/task.py): rows of
-pipelines/training/finetune/data.py, shuffled per epoch, rank-disjoint, resumable at exactly the next row."""
+pipelines/training/finetune/data.py in one global order of the seed (any world size sees the same rows per step), resumable at exactly the next row."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from gpt2core.data import GlobalOrder
 from pipelines.core.cache import DirRef, as_local
 from pipelines.registry.models import GateResources
 from pipelines.training.finetune.data import IGNORE, load_rows
 
 
-class RowSampler:
-    """Rows in a seeded permutation per epoch; rank r takes every world_size-th of each permutation."""
+class RowSampler(GlobalOrder):
+    """Prompt/completion rows in one global order of the seed and the rows alone (GlobalOrder):
+    the rows of an optimizer step are the same for any number of workers, and resumable on another."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, rank: int, world_size: int, seed: int):
         self.x, self.y = x, y
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.epoch, self.pos = 0, 0
-        self._order = self._epoch_order()
-
-    def _epoch_order(self) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
-        share = len(perm) // self.world_size  # the same number of rows per rank and epoch
-        return perm[self.rank :: self.world_size][:share]
+        super().__init__(len(x), rank, world_size, seed)
 
     def next_batch(self, batch_size: int):
         import torch
 
-        picked = []
-        while len(picked) < batch_size:
-            if self.pos == len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._epoch_order()
-            take = self._order[self.pos : self.pos + batch_size - len(picked)]
-            picked.extend(take.tolist())
-            self.pos += len(take)
-        index = np.asarray(picked)
+        index = self.next_items(batch_size)
         return torch.from_numpy(self.x[index].astype(np.int64)), torch.from_numpy(
             self.y[index].astype(np.int64)
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self._order = self._epoch_order()
+    def identity(self) -> dict[str, int]:
+        return {"seed": self.seed, "n_rows": self.n_items}
 
 
 @dataclass
@@ -65,25 +47,23 @@ class FinetuneTask:
         x, y = load_rows(as_local(self.data_dir), "train")
         return RowSampler(x, y, rank, world_size, seed)
 
-    def eval_batches(self, rank: int, world_size: int, block_size: int, batch_size: int, max_batches: int):
-        """This rank's share of the val rows, padded with rows without targets so that every rank
-        runs the same number of batches."""
+    def eval_batches(self, rank: int, world_size: int, block_size: int, batch_size: int, max_windows: int):
+        """This rank's share of the first `max_windows` val rows (gpt2core.data.eval_shares), an
+        exhausted share padded with a row without targets."""
         import torch
 
+        from gpt2core.data import eval_shares
+
         x, y = load_rows(as_local(self.data_dir), "val")
-        share = -(-len(x) // world_size)
-        n_batches = min(max_batches, -(-share // batch_size))
-        mine_x, mine_y = x[rank::world_size], y[rank::world_size]
-        pad = n_batches * batch_size - len(mine_x)
-        if pad > 0:
-            mine_x = np.concatenate([mine_x, np.zeros((pad, x.shape[1]), dtype=x.dtype)])
-            mine_y = np.concatenate([mine_y, np.full((pad, y.shape[1]), IGNORE, dtype=y.dtype)])
-        for b in range(n_batches):
-            rows = slice(b * batch_size, (b + 1) * batch_size)
-            yield (
-                torch.from_numpy(mine_x[rows].astype(np.int64)),
-                torch.from_numpy(mine_y[rows].astype(np.int64)),
-            )
+        for rows in eval_shares(len(x), rank, world_size, batch_size, max_windows):
+            if len(rows):
+                bx, by = x[rows], y[rows]
+            else:
+                bx, by = (
+                    np.zeros((1, x.shape[1]), dtype=x.dtype),
+                    np.full((1, y.shape[1]), IGNORE, dtype=y.dtype),
+                )
+            yield torch.from_numpy(bx.astype(np.int64)), torch.from_numpy(by.astype(np.int64))
 
     def eval_tokens_per_byte(self) -> float | None:
         return self.val_tokens_per_byte
