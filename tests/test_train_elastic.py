@@ -130,14 +130,16 @@ def test_every_change_of_layout_is_in_mlflow(runs):
     assert "at ZeRO 1 to 2 at ZeRO 2" in grow_tags["resharded.step_100"]
 
 
-def test_a_checkpoint_of_another_model_shape_is_refused_in_one_line(runs, prepared_workspace):
-    from prepared_workspace import run_pretrain_job
+def test_a_checkpoint_of_another_model_shape_is_refused_in_one_line(runs, prepared_workspace, mlflow_server):
+    from pipelines.errors import UserError
 
     workspace = runs["workspaces"]["shrink"]  # the run "shrink" has checkpoints there
-    proc = run_pretrain_job(prepared_workspace, workspace, "train.run_name=shrink", "model.n_layer=3")
-    assert proc.returncode == 2
-    [line] = proc.stderr.strip().splitlines()
-    assert "train.run_name" in line and "'shrink' has checkpoints of another model shape" in line
+    with pytest.raises(UserError) as refused:  # the CLI prints it as one line with exit code 2
+        submit(
+            prepared_workspace, mlflow_server, workspace, "shrink", "train.num_workers=1", "model.n_layer=3"
+        )
+    [line] = str(refused.value).splitlines()
+    assert "'train.run_name'" in line and "'shrink' has checkpoints of another model shape" in line
 
 
 def test_sigterm_checkpoints_at_the_step_boundary_and_the_resubmission_resumes_there(
@@ -190,8 +192,8 @@ def test_losing_the_node_of_one_worker_of_an_elastic_run_finishes_on_the_other(
     held = workspace / "checkpoints" / "lost-node" / "fault-at-step-21"
     env = {FAULT_ENV: "21", FAULT_HOLD_ENV: "1", "PIPELINES_TEST_REMOVE_NODE_ON": str(held)}
     # Right after the loss Ray still counts the gone node's CPU: the first restart waits for 2 workers
-    # until Ray Train's start-up timeout (60 s by default), then places 1.
-    env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "20"
+    # until Ray Train's start-up timeout (60 s by default; 10 s here), then places 1.
+    env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
     manifest, proc = pretrain_on_two_nodes([*pw.overrides, *overrides], env=env)
     print("\n".join(line for line in proc.stdout.splitlines() if "[pretrain]" in line or "NODE" in line))
     assert "REMOVED NODE" in proc.stdout
