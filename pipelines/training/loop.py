@@ -40,7 +40,6 @@ METRIC_KEYS = (
     "mfu",
     "memory_mb",
     "tokens",
-    "world_size",
     "data_digest",
 )
 EVAL_KEYS = ("val_loss", "val_ppl", "val_bpb")
@@ -144,19 +143,19 @@ class Worker:
         self.resumed_layout = (saved["world_size"], saved["zero_stage"])
         state.mlflow_run_id = self.spec.mlflow_run_id  # the launcher decides which run continues
         if self.rank == 0:
-            self._say(
-                f"[{self.spec.label}] resumed from the checkpoint of step {state.step}{self._reshard_note()}"
-            )
+            change = self._layout_change()
+            resharded = f", resharded {change}" if change else ""
+            self._say(f"[{self.spec.label}] resumed from the checkpoint of step {state.step}{resharded}")
         return state, True
 
-    def _reshard_note(self) -> str:
-        """How the layout differs from the one that wrote the checkpoint ('' when it does not)."""
-        workers, stage = self.resumed_layout
-        if (workers, stage) == (self.world_size, self.loop.zero_stage):
+    def _layout_change(self) -> str:
+        """How this layout differs from the resumed checkpoint's ('' when it does not, or fresh)."""
+        if self.resumed_layout is None or self.resumed_layout == (self.world_size, self.loop.zero_stage):
             return ""
+        workers, stage = self.resumed_layout
         accum = self.engine.gradient_accumulation_steps()
         return (
-            f", resharded from {workers} workers at ZeRO {stage} to {self.world_size} at ZeRO "
+            f"from {workers} workers at ZeRO {stage} to {self.world_size} at ZeRO "
             f"{self.loop.zero_stage} (gradient accumulation {accum})"
         )
 
@@ -286,9 +285,9 @@ class Worker:
         (an elastic run that grows before its first checkpoint restarts at step 0 again), and a tag
         for each change of layout at a resume."""
         self.metrics.log_event(step, "restart_world_size", self.world_size)
-        note = self._reshard_note() if self.resumed_layout else ""
-        if note and self.rank == 0:
-            self.metrics.set_tag(f"resharded.step_{step}", note.removeprefix(", resharded "))
+        change = self._layout_change()
+        if change:
+            self.metrics.set_tag(f"resharded.step_{step}", change)
         self.metrics.flush()
 
     def _metrics_log(self, state: TrainState, fresh: bool):
