@@ -13,7 +13,7 @@ import sys
 
 import _path  # noqa: F401
 
-from pipelines.cli import base_parser, config_from, user_errors
+from pipelines.cli import add_verbose, base_parser, config_from, job_console, user_errors
 
 
 def build_parser():
@@ -21,6 +21,7 @@ def build_parser():
     parser.add_argument(
         "--dry-run", action="store_true", help="print the current version and the new files; write nothing"
     )
+    add_verbose(parser)
     return parser
 
 
@@ -28,9 +29,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        from pipelines.core.workspace import Workspace
         from pipelines.refresh.stage import refresh
+        from pipelines.runtime.console import stage_log
 
-        refresh(config_from(args), dry_run=args.dry_run, config_path=args.config)
+        cfg = config_from(args)
+        if args.dry_run:
+            refresh(cfg, dry_run=True, config_path=args.config)
+            return 0
+        with job_console(Workspace(cfg.workspace), args.verbose), stage_log("refresh"):
+            refresh(cfg, config_path=args.config)
         return 0
 
     return user_errors(run)

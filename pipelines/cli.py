@@ -10,10 +10,13 @@ import argparse
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError, user_error_in
+from pipelines.runtime import console
+from pipelines.runtime.console import VERBOSE_ENV, verbose_requested
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -34,6 +37,19 @@ def config_from(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+@contextmanager
+def job_console(ws, verbose: bool):
+    """A job's console session (pipelines/runtime/console.py). Ray is shut down inside it: workers'
+    last lines keep arriving for a moment after a run, and belong in the log, not on the console."""
+    from pipelines.runtime.ray import shutdown_ray
+
+    with console.session(ws, verbose_requested(verbose)):
+        try:
+            yield
+        finally:
+            shutdown_ray()
+
+
 def user_errors(main: Callable[[], int | None]) -> int:
     """Run `main`; print a user error as one line and return its exit code (2; a RunFailed 1)."""
     try:
@@ -45,6 +61,8 @@ def user_errors(main: Callable[[], int | None]) -> int:
         cause = user_error_in(exc)
         if cause is None:
             raise
+        if cause.detail:  # e.g. a failed worker's traceback: whatever the console mode, shown in full
+            print(cause.detail.rstrip("\n"), file=sys.stderr)
         print(f"error: {cause}", file=sys.stderr)
         return cause.exit_code
 
@@ -80,7 +98,17 @@ def pipeline_parser(only: str | None = None, description: str = "") -> argparse.
     else:
         parser.add_argument("--force", action="store_true", help="rerun even if up to date")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and what is up to date")
+    add_verbose(parser)
     return parser
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show Ray's, DeepSpeed's, MLflow's and the workers' output here too ({VERBOSE_ENV}=1); "
+        "it is always in <workspace>/logs/<stage>/",
+    )
 
 
 def job_parser(job: str) -> argparse.ArgumentParser:
@@ -115,14 +143,15 @@ def pipeline_main(argv: Sequence[str] | None = None, only: str | None = None, de
     def main() -> int:
         cfg = config_from(args)
         runner = Runner(cfg, pipeline_stages())
-        if only is None:
-            selected = _names(args.stages)
-            force = _names(",".join(args.force))
-            steps = runner.run(selected, args.from_stage, force, dry_run=args.dry_run)
-            if not args.dry_run:
-                print(outputs_summary(runner, steps))
-        else:
-            runner.run([only], None, [only] if args.force else [], dry_run=args.dry_run)
+        selected = _names(args.stages) if only is None else [only]
+        force = _names(",".join(args.force)) if only is None else ([only] if args.force else [])
+        if args.dry_run:
+            runner.run(selected, getattr(args, "from_stage", None), force, dry_run=True)
+            return 0
+        with job_console(runner.ws, args.verbose):
+            steps = runner.run(selected, getattr(args, "from_stage", None), force)
+            if only is None:
+                console.say(outputs_summary(runner, steps))
         return 0
 
     return user_errors(main)

@@ -12,6 +12,7 @@ from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipelines.errors import UserError
 
@@ -20,11 +21,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def key_error(key: str, message: str, value: Any) -> ValidationError:
+    """A validation error at `key` (dotted, below the model validated): a check of several keys names one."""
+    detail = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=tuple(key.split(".")))
+    return ValidationError.from_exception_data("Config", [{**detail, "input": value}])
+
+
+def lora_rank_problem(rank: int, n_embd: int, model: str) -> str | None:
+    """Why finetune.lora_rank does not fit a model n_embd wide (None: it fits): n_embd is the narrower
+    side of every projection LoRA adapts (gpt2core/lora.py); a higher rank adds parameters, not rank."""
+    if rank > n_embd:
+        return f"finetune.lora_rank={rank} is above the n_embd={n_embd} of {model}; use at most {n_embd}"
+    return None
+
+
 class RayConfig(Section):
     address: str | None = None  # a cluster to join; else RAY_ADDRESS; else a new local cluster
     num_cpus: int | None = Field(None, ge=1)  # local cluster only; None = all cores
     object_store_memory_mb: int | None = Field(None, ge=75)  # local cluster only
-    include_dashboard: bool = False  # local cluster only; binds 127.0.0.1 when on
+    # Local cluster only; binds 127.0.0.1. Its State API is what Ray Train's placement-group cleaner
+    # polls each second for the controller's liveness: without it, each poll fails with a warning
+    # and a crashed controller's placement group would never be removed.
+    include_dashboard: bool = True
 
 
 class MlflowConfig(Section):
@@ -106,6 +124,23 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     activation_checkpointing: bool = False
     compile: bool = False
+
+    def resolved(self, name: str) -> int:
+        """An architecture field as the model gets it: this section's override, else the preset's."""
+        from gpt2core.config import PRESETS  # pure Python: cheap to import
+
+        value = getattr(self, name)
+        return PRESETS[self.preset][name] if value is None else value
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        n_embd, n_head = self.resolved("n_embd"), self.resolved("n_head")
+        if n_embd % n_head:
+            key = "n_head" if self.n_head is not None else "n_embd"
+            raise key_error(
+                key, f"model.n_embd={n_embd} is not a multiple of model.n_head={n_head}", getattr(self, key)
+            )
+        return self
 
 
 class LoopConfig(Section):
@@ -257,6 +292,16 @@ class Config(Section):
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
+
+    @model_validator(mode="after")
+    def _lora_fits(self):
+        # Without init_from the model fine-tuned has the `model` section's shape (else: stage pre-flight)
+        f = self.finetune
+        if f.enabled and not f.init_from and not self.train.init_from:
+            problem = lora_rank_problem(f.lora_rank, self.model.resolved("n_embd"), "the model section")
+            if problem:
+                raise key_error("finetune.lora_rank", problem, f.lora_rank)
+        return self
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

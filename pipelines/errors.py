@@ -1,8 +1,8 @@
 """User-facing errors: one line and an exit code, no traceback.
 
 UserError (exit code 2): bad input the user can fix. RunFailed (exit code 1): a run that failed in a
-way no retry can cure - not the input's fault, but its cause is one line too (the traceback stays
-in the worker's log).
+way no retry can cure - not the input's fault, but its cause is one line too, printed under the
+failed worker's traceback.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ class UserError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, detail: str = ""):
         super().__init__(" ".join(str(message).split()))
+        self.detail = detail  # printed above the line, e.g. the traceback of a worker that failed
 
 
 class RunFailed(UserError):

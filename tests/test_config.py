@@ -81,3 +81,52 @@ def test_elastic_num_workers_is_a_range_whose_every_size_splits_the_global_batch
     for bad in ("[2,1]", "[0,2]", "0"):
         with pytest.raises(UserError, match=r"'train\.num_workers'.*1 <= min <= max"):
             load_config(None, [f"train.num_workers={bad}"])
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.n_head=5"], "model.n_head"),  # the gpt2 preset's 768 channels
+        (["model.preset=tiny", "model.n_embd=100", "model.n_head=3"], "model.n_head"),
+        (["model.preset=gpt2-xl", "model.n_embd=1010"], "model.n_embd"),  # the preset's 25 heads
+    ],
+)
+def test_heads_must_split_the_width_and_the_key_set_is_named(overrides, key):
+    with pytest.raises(UserError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert "\n" not in message and f"config key '{key}' (from --set)" in message
+    assert "model.n_embd=" in message and "model.n_head=" in message and "not a multiple" in message
+    assert load_config(None, ["model.preset=tiny", "model.n_head=4"]).model.resolved("n_head") == 4
+
+
+def test_lora_rank_above_the_width_of_the_pipelines_own_model():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["model.preset=tiny", "finetune.lora_rank=65"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("config key 'finetune.lora_rank' (from --set)")
+    assert "n_embd=64" in message
+    assert load_config(None, ["model.preset=tiny", "finetune.lora_rank=64"]).finetune.lora_rank == 64
+    # An imported model's width is its own (the finetune stage's pre-flight checks it); a disabled
+    # fine-tuning has no model to fit.
+    load_config(None, ["model.preset=tiny", "finetune.lora_rank=65", "finetune.init_from=/some/model"])
+    load_config(None, ["model.preset=tiny", "finetune.lora_rank=65", "train.init_from=models:/m@a"])
+    load_config(None, ["model.preset=tiny", "finetune.lora_rank=65", "finetune.enabled=false"])
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize(
+    "override, key",
+    [("model.n_head=5", "model.n_head"), ("finetune.lora_rank=256", "finetune.lora_rank")],
+)
+def test_config_errors_end_the_job_with_one_line_naming_the_key(override, key, dry_run, tmp_path):
+    from tests.conftest import run_job
+
+    args = ["jobs/pipeline.py", "--config", "configs/demo.yaml", "--set", f"workspace={tmp_path}"]
+    proc = run_job(*args, "--set", override, *(["--dry-run"] if dry_run else []), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: config key '{key}' (from --set)"), line
+    assert {p.name for p in tmp_path.iterdir()} <= {
+        "logs"
+    }  # nothing started: no MLflow database, no checkpoints

@@ -325,6 +325,8 @@ def test_a_publish_killed_before_its_manifest_is_never_read_and_is_rebuilt(s3_bu
         return run_in_repo(cmd, env={**os.environ, **(env or {})})
 
     assert pipeline("corpus").returncode == 0
+    (log,) = ws.list_files("logs/corpus")  # the stage's log, put into the object store at its end
+    assert "[done] corpus" in ws.read_bytes(f"logs/corpus/{log}").decode()
     killed = pipeline("tokenizer", {FAULT_PUBLISH_ENV: "tokenizer"})
     assert killed.returncode == 3, killed.stderr[-2000:]
     runner = Runner(load_config("configs/demo.yaml", sets), pipeline_stages(), log=lambda line: None)

@@ -4,9 +4,13 @@ champions with another tokenizer (bits per byte on the same text), and the pyfun
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from prepared_workspace import make_model_dir
 
 from gpt2core.checkpoint import load_model
@@ -16,6 +20,7 @@ from gpt2core.generate import generate
 from gpt2core.tokenizer import load_tokenizer
 from pipelines.errors import UserError
 from pipelines.registry import models as registry
+from pipelines.registry import pyfunc
 
 NAME = "registry-test"
 
@@ -102,11 +107,29 @@ def test_champion_gate_both_ways(models, gate, mlflow_env, ray_local):
     assert not decision["promoted"] and math.isfinite(decision["candidate_bpb"])
 
 
+def mlflow_user_warnings(caught) -> list[str]:
+    """The UserWarnings MLflow itself raised (e.g. its advice to add type hints to `predict`)."""
+    package = Path(mlflow.__file__).parent
+    return [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, UserWarning) and package in Path(w.filename).resolve().parents
+    ]
+
+
 def test_pyfunc_model_completes_prompts_with_sampling_params(models, mlflow_env):
     mlflow.set_experiment("registry-tests")
-    with mlflow.start_run(run_name="pyfunc-test"):
-        uri = registry.log_model(models["trained"])
-    model = mlflow.pyfunc.load_model(uri)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mlflow.start_run(run_name="pyfunc-test"):
+            uri = registry.log_model(models["trained"])
+        model = mlflow.pyfunc.load_model(uri)
+    # predict's type hints: no advice from MLflow, and they are the signature (the params from PARAMS)
+    assert mlflow_user_warnings(caught) == []
+    signature = model.metadata.signature
+    assert model.metadata._is_signature_from_type_hint()
+    assert signature.inputs.to_dict() == [{"type": "string", "required": True}]
+    assert signature.outputs.to_dict() == [{"type": "string", "required": True}]
     prompts = ["Return the number of", "", "Raise an error if"]
     sampled = model.predict(prompts, params={"max_new_tokens": 12, "seed": 3, "top_k": 20, "top_p": 0.9})
     assert len(sampled) == 3 and all(isinstance(c, str) and c for c in sampled)
@@ -119,6 +142,14 @@ def test_pyfunc_model_completes_prompts_with_sampling_params(models, mlflow_env)
     assert greedy == [tokenizer.decode(expected.tokens)]
     params = {p.name: p.default for p in model.metadata.get_params_schema().params}
     assert params == {"max_new_tokens": 64, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": -1}
+    assert params == pyfunc.PARAMS
+    # a one-column DataFrame (what serving builds from CSV) is the list of its prompts; the hint
+    # list[str] refuses a bare string or a None prompt before generation
+    frame = pd.DataFrame({"prompt": prompts[:1]})
+    assert model.predict(frame, params={"max_new_tokens": 10, "temperature": 0.0}) == greedy
+    for bad in ("Return the number of", ["Return the number of", None]):
+        with pytest.raises(MlflowException, match="Expected"):
+            model.predict(bad, params={"max_new_tokens": 2})
 
 
 def test_model_dir_of_a_registry_uri_and_bad_uris(models, gate, mlflow_env, tmp_path):

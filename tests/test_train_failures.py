@@ -77,11 +77,12 @@ def test_the_policy_raises_incurable_failures_and_retries_lost_workers():
 
 
 def test_the_driver_line_names_rank_type_and_message_and_keeps_user_errors():
-    line = str(run_failed(1, ImportError("No module named\n  'flash_attn'")))
-    assert line == (
+    failed = run_failed(1, ImportError("No module named\n  'flash_attn'"), tracebacks="Traceback ...\n")
+    assert str(failed) == (
         "training failed on rank 1 with ImportError: No module named 'flash_attn' (not retried: a restart "
-        "cannot cure it; the traceback is in the worker's log)"
+        "cannot cure it)"
     )
+    assert failed.detail == "Traceback ...\n"  # the workers' tracebacks, printed above the line
     assert isinstance(run_failed(1, ImportError()), RunFailed) and RunFailed.exit_code == 1
     user = UserError("config key 'x': bad")
     assert run_failed(0, user) is user
@@ -106,6 +107,8 @@ def test_an_incurable_worker_error_ends_the_run_on_the_first_attempt(
     assert message.startswith(
         "training failed on rank 1 with ImportError: test hook: rank 1 raises after step 2"
     )
+    detail = info.value.detail  # the worker's own traceback, for the console above that line
+    assert "Traceback (most recent call last)" in detail and "in maybe_fire" in detail
     attempts = sorted(p.name for p in (ws / "checkpoints" / "incurable").glob("raised-at-step-2-*"))
     assert attempts == ["raised-at-step-2-1"]  # the workers ran once: no restart was spent on it
 
@@ -113,9 +116,15 @@ def test_an_incurable_worker_error_ends_the_run_on_the_first_attempt(
 def test_the_command_line_prints_a_run_failure_in_one_line_with_exit_code_1(capsys):
     from pipelines.cli import user_errors
 
+    traceback = 'Traceback (most recent call last):\n  File "loop.py", line 9\nImportError: x\n'
+
     def main():
-        raise RuntimeError("the trainer failed") from run_failed(0, ImportError("No module named 'x'"))
+        raise RuntimeError("the trainer failed") from run_failed(
+            0, ImportError("No module named 'x'"), traceback
+        )
 
     assert user_errors(main) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: training failed on rank 0 with ImportError")
+    assert err.startswith(traceback)  # the worker's traceback in full, then the one line
+    assert err.removeprefix(traceback).count("\n") == 1
+    assert err.removeprefix(traceback).startswith("error: training failed on rank 0 with ImportError")

@@ -134,3 +134,152 @@ def test_resuming_checkpoints_of_another_model_or_tokenizer_is_refused_and_a_new
     # checkpoints reshard: another number of workers, ZeRO stage or batch split is a logged change
     changed = check_resumable(record, {**record, "num_workers": [1, 2], "zero_stage": 2}, "run", "train")
     assert changed == {"num_workers": (2, [1, 2]), "zero_stage": (1, 2)}
+
+
+# --- at planning time: what the published inputs tell, in a dry run and a real run alike ----------
+def planned(pw, workspace, stage, *overrides: str, dry_run: bool) -> list:
+    cfg = pw.config(*pw.train_overrides(workspace, "mlflow.experiment=preflight", *overrides))
+    return Runner(cfg, [stage], log=lambda m: None).run(dry_run=dry_run)
+
+
+def refused_at_planning(pw, workspace, stage, *overrides: str, dry_run: bool) -> str:
+    with pytest.raises(UserError) as info:
+        planned(pw, workspace, stage, *overrides, dry_run=dry_run)
+    message = str(info.value)
+    assert "\n" not in message
+    assert not workspace.exists() or not any(workspace.iterdir())  # no MLflow run, no checkpoints
+    return message
+
+
+def val_windows(pw) -> int:
+    """Windows of the prepared val split at the tests' 64-token context."""
+    import json
+
+    return json.loads((pw.shards_dir / "manifest.json").read_text())["splits"]["val"]["tokens"] // 65
+
+
+def micro_batch(section: str, micro: int) -> tuple[str, str]:
+    return f"{section}.micro_batch_size={micro}", f"{section}.global_batch_size={2 * micro}"
+
+
+def tiny_model_dir(path, block_size: int, hf: bool = False):
+    """A tiny model's config.json (the pre-flight reads nothing else): gpt2core's, or Hugging Face's."""
+    import json
+
+    from gpt2core.checkpoint import save_model
+    from gpt2core.config import preset
+    from gpt2core.model import GPT
+
+    if not hf:
+        return save_model(GPT(preset("tiny", 512, block_size=block_size)), path)
+    path.mkdir(parents=True)
+    config = {"model_type": "gpt2", "vocab_size": 512, "n_layer": 2, "n_head": 2, "n_embd": 64}
+    (path / "config.json").write_text(json.dumps({**config, "n_positions": block_size}))
+    return path
+
+
+def pairs_file(tmp_path) -> str:
+    """finetune.data: a pairs file, which only the stage run reads (tokenizes)."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n')
+    return f"finetune.data={path}"
+
+
+def test_the_val_split_must_fill_an_evaluation_batch_on_every_worker():
+    from pipelines.config import LoopConfig
+    from pipelines.training.pretrain import check_windows
+
+    manifest = {"splits": {"train": {"tokens": 10**6}, "val": {"tokens": 16 * 65 + 64}}}  # 16 windows
+    check_windows(
+        manifest, "s", 64, LoopConfig(num_workers=2, micro_batch_size=8, global_batch_size=16), "train"
+    )
+    elastic = LoopConfig(num_workers=[1, 3], micro_batch_size=6, global_batch_size=36)  # 18 at 3 workers
+    with pytest.raises(UserError, match=r"^config key 'train\.micro_batch_size': .* 16 windows .*\(18\)"):
+        check_windows(manifest, "s", 64, elastic, "train")
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_micro_batch_above_the_val_windows_of_the_shards(prepared_workspace, tmp_path, dry_run):
+    from pipelines.training.finetune.stage import finetune_stage
+
+    pw, ws, windows = prepared_workspace, tmp_path / "ws", val_windows(prepared_workspace)
+    fits = micro_batch("train", windows // 2)  # 2 workers: windows // 2 each
+    assert [s.action for s in planned(pw, ws, pretrain_stage(), *fits, dry_run=True)] == ["run"]
+    message = refused_at_planning(
+        pw, ws, pretrain_stage(), *micro_batch("train", windows // 2 + 1), dry_run=dry_run
+    )
+    assert message.startswith("config key 'train.micro_batch_size'") and f"{windows} windows" in message
+    # fine-tuning on the shards (finetune.data unset), from a model of their 64-token context
+    model = f"finetune.init_from={tiny_model_dir(tmp_path / 'model', 64)}"
+    big = micro_batch("finetune", windows // 2 + 1)
+    message = refused_at_planning(
+        pw, ws, finetune_stage(), model, "finetune.data=null", *big, dry_run=dry_run
+    )
+    assert message.startswith("config key 'finetune.micro_batch_size'")
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("kind", ["model-dir", "hf-dir"])
+def test_imported_model_shorter_than_the_context_or_narrower_than_the_lora_rank(
+    prepared_workspace, tmp_path, kind, dry_run
+):
+    from pipelines.training.finetune.stage import finetune_stage
+
+    pw, ws, data = prepared_workspace, tmp_path / "ws", pairs_file(tmp_path)
+    short = f"finetune.init_from={tiny_model_dir(tmp_path / 'short', 32, hf=kind == 'hf-dir')}"
+    message = refused_at_planning(
+        pw, ws, finetune_stage(), short, data, dry_run=dry_run
+    )  # model.block_size=64
+    assert message.startswith("config key 'model.block_size': 64 is more than the 32 positions")
+    fits = f"finetune.init_from={tiny_model_dir(tmp_path / 'fits', 64, hf=kind == 'hf-dir')}"
+    lora = "finetune.lora_rank=65"
+    message = refused_at_planning(pw, ws, finetune_stage(), fits, data, lora, dry_run=dry_run)
+    assert message.startswith("config key 'finetune.lora_rank'") and "n_embd=64" in message
+    # the imported model's n_embd, not the model section's (128 in configs/demo.yaml), is the limit
+    planned(pw, ws, finetune_stage(), fits, data, "finetune.lora_rank=64", dry_run=True)
+
+
+def test_registered_model_shorter_than_the_context(prepared_workspace, mlflow_env, tmp_path):
+    """A registry URI: only the version's MLmodel and config.json are read, in a dry run too."""
+    from finetune_inputs import register_model
+
+    from gpt2core.tokenizer import load_tokenizer
+    from pipelines.training.finetune.stage import finetune_stage
+
+    pw, ws = prepared_workspace, tmp_path / "ws"
+    model = tiny_model_dir(tmp_path / "short", 32)
+    load_tokenizer(pw.tokenizer_dir).save_to(model)
+    import mlflow
+
+    mlflow.set_experiment("preflight")
+    register_model(model, "preflight-short", alias="champion")
+    init = "finetune.init_from=models:/preflight-short@champion"
+    for dry_run in (True, False):
+        message = refused_at_planning(pw, ws, finetune_stage(), init, pairs_file(tmp_path), dry_run=dry_run)
+        assert message.startswith("config key 'model.block_size': 64 is more than the 32 positions")
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_published_input_errors_end_the_job_with_one_line_naming_the_key(
+    prepared_workspace, tmp_path, dry_run
+):
+    from tests.conftest import run_job
+
+    pw, ws = prepared_workspace, tmp_path / "ws"
+    cases = [
+        ("pretrain", micro_batch("train", val_windows(pw) // 2 + 1), "train.micro_batch_size"),
+        (
+            "finetune",
+            [f"finetune.init_from={tiny_model_dir(tmp_path / 'hf', 32, hf=True)}"],
+            "model.block_size",
+        ),
+    ]
+    for stage, overrides, key in cases:
+        sets = [a for item in pw.train_overrides(ws, *overrides) for a in ("--set", item)]
+        args = ["jobs/pipeline.py", "--config", "configs/demo.yaml", *sets, "--stages", stage]
+        proc = run_job(*args, *(["--dry-run"] if dry_run else []), timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: config key '{key}'"), line
+        # no worker, no checkpoint, no MLflow run: at most the job's console log
+        assert not ws.exists() or {p.name for p in ws.iterdir()} <= {"logs"}

@@ -18,6 +18,7 @@ from pipelines.config import Config, section_dict
 from pipelines.core.manifest import fingerprint, input_entry, manifest_digest, publish, read_manifest
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
+from pipelines.runtime.console import say, stage_log
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class StageContext:
     fingerprint: str
     out: str  # workspace-relative output directory, empty when the stage starts
     inputs: dict[str, Published]
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = say
     mlflow_run_id: str | None = None
 
 
@@ -52,6 +53,10 @@ class Stage:
     # Whatever else defines the output (input file identities, an external model's digest, ...)
     fingerprint_extra: Callable[[Config, Workspace], Any] | None = None
     enabled: Callable[[Config], bool] = lambda cfg: True
+    # (cfg, ws, the inputs published already) -> None: one-line UserErrors the stage can tell before
+    # it starts, called by Runner.run at planning time (`--dry-run` too) for the stages that will run;
+    # an input this run builds is absent, and the stage checks it when it runs.
+    preflight: Callable[[Config, Workspace, dict[str, Published]], None] | None = None
     needs_ray: bool = True
     summary: str = ""
 
@@ -76,7 +81,7 @@ class Step:
 class Runner:
     cfg: Config
     stages: list[Stage]
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = say
     ws: Workspace = field(init=False)
     _fingerprints: dict[str, str] = field(init=False, default_factory=dict)
 
@@ -162,6 +167,17 @@ class Runner:
                 return "run", f"input {name} changed"
         return "skip", "up to date"
 
+    def check(self, steps: list[Step]) -> None:
+        """Each stage that will run checks its inputs that are published and not rebuilt by this run
+        (Stage.preflight): a bad config fails before any stage starts, in a dry run too."""
+        rebuilt = {s.stage.name for s in steps if s.action == "run"}
+        for step in steps:
+            if step.action != "run" or step.stage.preflight is None:
+                continue
+            names = [n for n in step.stage.input_names(self.cfg) if n not in rebuilt]
+            published = {n: p for n in names if (p := self.published(n)) is not None}
+            step.stage.preflight(self.cfg, self.ws, published)
+
     def describe(self, steps: list[Step]) -> str:
         lines = [f"workspace: {self.ws.full_uri()}"]
         for step in steps:
@@ -179,6 +195,7 @@ class Runner:
         dry_run: bool = False,
     ) -> list[Step]:
         steps = self.plan(stages, from_stage, force)
+        self.check(steps)
         if dry_run:
             self.log(self.describe(steps))
             return steps
@@ -196,7 +213,8 @@ class Runner:
         with tracking.run("pipeline", tags={"stages": ",".join(s.stage.name for s in todo)}):
             tracking.log_params(self.cfg.model_dump(mode="json"))
             for step in todo:
-                self._run_stage(step)
+                with stage_log(step.stage.name):  # its library output into logs/<stage>/
+                    self._run_stage(step)
         return steps
 
     def _run_stage(self, step: Step) -> None:

@@ -11,7 +11,6 @@ The driver sees file names, object references and counts, never documents or sig
 from __future__ import annotations
 
 import posixpath
-import sys
 import threading
 import time
 import warnings
@@ -27,6 +26,7 @@ from pipelines.corpus.readers import ReadOptions, read_file
 from pipelines.corpus.shuffle import remote
 from pipelines.corpus.sources import InputFile, filesystem
 from pipelines.corpus.stats import combine, funnel_png, preload_plotting
+from pipelines.runtime.console import library_output_on_terminal
 from pipelines.runtime.ray import cluster_cpus
 
 STAGING = "_staging"
@@ -78,7 +78,9 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()  # bars for people at a terminal, not for log files
+    ctx.enable_progress_bars = (
+        library_output_on_terminal()
+    )  # bars for people at a terminal, not for log files
     # Reserving CPUs per operator holds one of two CPUs for the short read tasks: with reservation on,
     # one worker processed documents alone for seconds at a time. Off for this dataset only.
     reserving, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, False

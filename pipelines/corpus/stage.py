@@ -44,6 +44,19 @@ def input_record(f, sha256: str) -> dict:
     return {"uri": f.uri, "source": f.rel, "bytes": f.size, "mtime_ns": f.mtime_ns, "sha256": sha256}
 
 
+def dropped_line(dropped: dict[str, int], shown: int = 5) -> str:
+    """ "dropped 617: gopher_quality 181, gopher_repetition 150, ...": reasons by filter, largest first."""
+    by_filter: dict[str, int] = {}
+    for reason, count in dropped.items():
+        family = reason.split(".", 1)[0]
+        by_filter[family] = by_filter.get(family, 0) + count
+    ranked = sorted(by_filter.items(), key=lambda item: (-item[1], item[0]))
+    parts = [f"{name} {count}" for name, count in ranked[:shown]]
+    if len(ranked) > shown:
+        parts.append(f"{sum(c for _, c in ranked[shown:])} for {len(ranked) - shown} other reasons")
+    return f"dropped {sum(dropped.values())}: " + ", ".join(parts) if parts else "dropped 0"
+
+
 def run(ctx: StageContext) -> dict:
     import ray
 
@@ -61,6 +74,7 @@ def run(ctx: StageContext) -> dict:
         f"[corpus] kept {result['kept_docs']} of {result['input_docs']} documents "
         f"({result['kept_chars'] / 1e6:.1f}M characters); version {ctx.out.rsplit('/', 1)[-1]}"
     )
+    ctx.log(f"[corpus] {dropped_line(result['dropped'])} ({ctx.ws.full_uri(f'{ctx.out}/stats.json')})")
     return {
         "version": ctx.fingerprint[:12],
         "kept_docs": result["kept_docs"],

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pipelines.config import Config, section_dict
 from pipelines.core.workspace import Workspace
 from pipelines.refresh.lineage import Version, chain, current_version, shards_of, survey_inputs
+from pipelines.runtime.console import say
 
 
 @dataclass
@@ -49,7 +50,7 @@ class RefreshResult:
 
 
 def refresh(
-    cfg: Config, log: Callable[[str], None] = print, dry_run: bool = False, config_path: str | None = None
+    cfg: Config, log: Callable[[str], None] = say, dry_run: bool = False, config_path: str | None = None
 ) -> RefreshResult:
     from pipelines.refresh.lock import WorkspaceLock
 

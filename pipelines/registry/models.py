@@ -11,7 +11,6 @@ champion with another tokenizer reads the same validation text, re-encoded with 
 from __future__ import annotations
 
 import tempfile
-import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -94,14 +93,14 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def signature():
-    from mlflow.models import infer_signature
+def input_example() -> tuple[list[str], dict[str, Any]]:
+    """The logged input example: a prompt and the sampling params. With `predict`'s type hints it is
+    the signature's one source: the hints give inputs and outputs, these params (PARAMS) the params
+    schema with their defaults (MLflow keeps only params declared there). MLflow runs the model on it
+    while logging (a model load and PARAMS' max_new_tokens of sampling), to check the output."""
+    from pipelines.registry.pyfunc import PARAMS
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # advice on type hints: the signature is explicit
-        from pipelines.registry import pyfunc
-
-    return infer_signature(["a prompt"], ["a completion"], params=dict(pyfunc.PARAMS))
+    return ["Once upon a time"], dict(PARAMS)
 
 
 def log_model(model_dir: str | Path) -> str:
@@ -110,18 +109,16 @@ def log_model(model_dir: str | Path) -> str:
 
     from pipelines.registry.pyfunc import MODEL_CONFIG
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # advice on type hints and input examples
-        info = mlflow.pyfunc.log_model(
-            # logged with its keys, so a load-time model_config (or MLflow's serving env) overrides them
-            model_config=dict(MODEL_CONFIG),
-            name=MODEL_ARTIFACT,
-            python_model=str(PYFUNC_FILE),
-            artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(GPT2CORE_DIR)],
-            signature=signature(),
-            pip_requirements=pip_requirements(),
-        )
+    info = mlflow.pyfunc.log_model(
+        # logged with its keys, so a load-time model_config (or MLflow's serving env) overrides them
+        model_config=dict(MODEL_CONFIG),
+        name=MODEL_ARTIFACT,
+        python_model=str(PYFUNC_FILE),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(GPT2CORE_DIR)],
+        input_example=input_example(),
+        pip_requirements=pip_requirements(),
+    )
     return info.model_uri
 
 
@@ -153,7 +150,7 @@ def model_dir_of(uri: str, dst: str | Path | None = None) -> Path:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None)
     except MlflowException as exc:
         raise UserError(f"{uri}: cannot download the model ({exc.message.splitlines()[0]})") from None
-    found = _pyfunc_artifact(Path(local), pyfunc.MODEL_DIR_ARTIFACT)
+    found = pyfunc_artifact(Path(local), pyfunc.MODEL_DIR_ARTIFACT)
     if found is None or not (found / "config.json").is_file():
         raise UserError(
             f"{uri}: not a model logged by this project (no {pyfunc.MODEL_DIR_ARTIFACT!r} artifact)"
@@ -161,7 +158,7 @@ def model_dir_of(uri: str, dst: str | Path | None = None) -> Path:
     return found
 
 
-def _pyfunc_artifact(model_root: Path, key: str) -> Path | None:
+def pyfunc_artifact(model_root: Path, key: str) -> Path | None:
     """Where a pyfunc model keeps its artifact `key` (MLmodel: python_function.artifacts.<key>.path)."""
     import yaml
 

@@ -10,6 +10,13 @@ returns one completion (the new text only) per prompt, and `mlflow models serve 
 serves the same. Sampling parameters are params with defaults: top_k=0 and top_p=1.0 switch those
 filters off, seed=-1 samples without a fixed seed, temperature=0 is greedy.
 
+The type hints of `predict` are the model's signature: MLflow infers the input (a string column) and
+output (strings) from `list[str]` when the model is logged, with the params schema from the input
+example's params (pipelines/registry/models.py logs `(prompts, PARAMS)`), and validates every call
+against the hint: a list of strings, or a one-column DataFrame (a request to `mlflow models serve`,
+JSON `{"inputs": [...]}` or CSV), which MLflow turns into that list. A bare string or a None prompt
+is refused by that validation (an MlflowException), before generation starts.
+
 Where it runs is the model config, MODEL_CONFIG: device "auto" is the GPU when torch sees one,
 dtype "auto" bf16 there and fp32 on CPU, and batch_size prompts share one generate() call (its KV
 cache grows with it: raise it on a GPU). MLflow hands a load-time `model_config={...}` (or
@@ -29,17 +36,6 @@ PARAMS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 0, 
 MODEL_CONFIG: dict[str, Any] = {"device": "auto", "dtype": "auto", "batch_size": 16}
 
 
-def prompts_of(model_input: Any) -> list[str]:
-    """A list of prompt strings from what pyfunc callers send: list, str, Series, DataFrame, array."""
-    if isinstance(model_input, str):
-        return [model_input]
-    if hasattr(model_input, "columns"):  # pandas DataFrame (serving): the first column
-        model_input = model_input[model_input.columns[0]]
-    if hasattr(model_input, "tolist"):
-        model_input = model_input.tolist()
-    return ["" if p is None else str(p) for p in model_input]
-
-
 class GPT2Completions(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from gpt2core.checkpoint import inference_placement, load_model
@@ -52,14 +48,14 @@ class GPT2Completions(mlflow.pyfunc.PythonModel):
         self.model = load_model(model_dir, device, dtype)
         self.tokenizer = load_tokenizer(model_dir)
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
         from gpt2core.generate import generate
 
         p = {**PARAMS, **(params or {})}
         keep = self.model.config.block_size - 1  # the context must leave room for one new token
         eos = self.tokenizer.eos_id
         # An empty prompt starts from end-of-text, as GPT-2 samples unconditionally.
-        ids = [(self.tokenizer.encode(text) or [eos])[-keep:] for text in prompts_of(model_input)]
+        ids = [(self.tokenizer.encode(text) or [eos])[-keep:] for text in model_input]
         completions: list[str] = []
         for start in range(0, len(ids), self.batch_size):
             results = generate(

@@ -8,9 +8,12 @@ starts a private local cluster (address="local", so it never attaches to somebod
 from __future__ import annotations
 
 import os
+import sys
 
 from pipelines.config import Config
 from pipelines.errors import UserError, user_error_in
+
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
 def init_ray(cfg: Config) -> None:
@@ -23,14 +26,38 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, **common)
         return
+    dashboard = {}
+    if cfg.ray.include_dashboard:
+        # The State API behind it is found by auto-detecting "the" cluster of this machine, which
+        # fails once two run here: name this one's, for the driver and (runtime env) its workers.
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        os.environ[API_SERVER_ENV] = url
+        dashboard = {"dashboard_port": port, "runtime_env": {"env_vars": {API_SERVER_ENV: url}}}
     ray.init(
         address="local",
         num_cpus=cfg.ray.num_cpus,
         object_store_memory=(cfg.ray.object_store_memory_mb or 0) * 2**20 or None,
         include_dashboard=cfg.ray.include_dashboard,
         dashboard_host="127.0.0.1",
+        **dashboard,
         **common,
     )
+
+
+def shutdown_ray() -> None:
+    """Disconnect, and stop a local cluster."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cluster_cpus() -> float:

@@ -119,6 +119,7 @@ def _write_shards(ws, out, files, model, dtype, val_split, cfg: ShardsConfig, fi
 
     # Ray Data would count this task's own CPUs as free for its readers and encoders.
     DataContext.get_current().execution_options.exclude_resources = ExecutionResources(cpu=cfg.writer_cpus)
+    DataContext.get_current().enable_progress_bars = False  # redrawn bars, forwarded line by line: noise
     writers = {s: SplitWriter(ws, out, s, dtype, cfg.shard_tokens, first_index.get(s, 0)) for s in SPLITS}
     empty_docs = 0
     for block in encoded_blocks(ws, files, model, dtype, val_split, cfg.num_actors):

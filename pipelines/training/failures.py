@@ -64,14 +64,16 @@ def first_incurable(worker_failures: dict[int, BaseException]) -> tuple[int, Bas
     return None
 
 
-def run_failed(rank: int, error: BaseException) -> UserError:
-    """What the driver raises: the user's own error as it was, else a one-line RunFailed."""
+def run_failed(rank: int, error: BaseException, tracebacks: str = "") -> UserError:
+    """What the driver raises: the user's own error as it was, else a RunFailed whose line names
+    the error, under the workers' `tracebacks` (Ray Train's WorkerGroupError text)."""
     if isinstance(error, UserError):
         return error
     message = " ".join(str(error).split()) or "(no message)"
     return RunFailed(
         f"training failed on rank {rank} with {type(error).__name__}: {message} "
-        "(not retried: a restart cannot cure it; the traceback is in the worker's log)"
+        "(not retried: a restart cannot cure it)",
+        detail=tracebacks,
     )
 
 

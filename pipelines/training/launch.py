@@ -263,7 +263,7 @@ def _one_line_cause(exc: BaseException) -> UserError | None:
         if preempted is not None:
             return RunFailed(f"training was preempted: {preempted}; submit the job again to resume from it")
     found = first_incurable(failures)
-    return run_failed(*found) if found else None
+    return run_failed(*found, tracebacks=str(exc)) if found else None
 
 
 # --- publish -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.cache import staging_dir
+from pipelines.runtime.console import emit
 from pipelines.training import preemption
 from pipelines.training.checkpoint import TrainState
 from pipelines.training.engine import (
@@ -29,7 +30,7 @@ from pipelines.training.engine import (
     train_step,
     write_model,
 )
-from pipelines.training.metrics import MetricsLog, Progress, memory_mb, say
+from pipelines.training.metrics import MetricsLog, Progress, memory_mb
 from pipelines.training.prefetch import prefetched
 
 METRIC_KEYS = (
@@ -131,7 +132,7 @@ class Worker:
             self.skipped.append(checkpoint.path)
             if self.rank == 0:
                 why = problem or "incomplete on another rank"
-                self._say(f"[{self.spec.label}] warning: skipping checkpoint {checkpoint.path}: {why}")
+                emit(f"[{self.spec.label}] warning: skipping checkpoint {checkpoint.path}: {why}")
         else:
             if candidates:
                 raise UserError(
@@ -145,7 +146,7 @@ class Worker:
         if self.rank == 0:
             change = self._layout_change()
             resharded = f", resharded {change}" if change else ""
-            self._say(f"[{self.spec.label}] resumed from the checkpoint of step {state.step}{resharded}")
+            emit(f"[{self.spec.label}] resumed from the checkpoint of step {state.step}{resharded}")
         return state, True
 
     def _layout_change(self) -> str:
@@ -167,7 +168,7 @@ class Worker:
         loop, rank = self.loop, self.rank
         flops = flops_per_token(GPTConfig.from_dict(self.spec.gpt), self.block_size)
         peak = self._peak_flops() if rank == 0 else None
-        progress = Progress(loop.max_steps, start_step, f"[{self.spec.label}]")
+        progress = Progress(loop.max_steps, start_step, self.spec.label)
         preemption.training_from(state.step)
         drained = False  # a drain notice checkpoints once; the run trains on until Ray restarts it
         while state.step < loop.max_steps and not self._stop_early():
@@ -197,16 +198,16 @@ class Worker:
                 self._eval_and_log(state.step)
             last = state.step == loop.max_steps or self._stop_early()
             if rank == 0 and last and state.step < loop.max_steps:
-                self._say(f"[{self.spec.label}] early stop at step {state.step}: val loss did not improve")
+                emit(f"[{self.spec.label}] early stop at step {state.step}: val loss did not improve")
             if rank == 0 and (state.step % loop.log_interval == 0 or evaluated):
-                self._say(progress.line(state.step, {**self.step_metrics, **self._eval_metrics(evaluated)}))
+                progress.report(state.step, {**self.step_metrics, **self._eval_metrics(evaluated)})
                 self.metrics.flush()
             preempted = notice == preemption.TERMINATING or (notice == preemption.DRAINING and not drained)
             if state.step % loop.checkpoint_interval == 0 or last or preempted:
                 self._checkpoint(state, final=last)
             if preempted and rank == 0:
                 why = "a worker got SIGTERM" if notice == preemption.TERMINATING else "a node is draining"
-                self._say(f"[{self.spec.label}] {why}: checkpointed at step {state.step}")
+                emit(f"[{self.spec.label}] {why}: checkpointed at step {state.step}")
             drained = drained or notice == preemption.DRAINING
             if notice == preemption.TERMINATING and not last:
                 raise preemption.Preempted.at(state.step)
@@ -228,7 +229,7 @@ class Worker:
         self.state.record_eval(result.loss)  # the same all-reduced loss on every rank
         self.metrics.log(step, result.metrics())
         if self.rank == 0 and step == 0:
-            self._say(f"[{self.spec.label}] step 0 {result.summary()}")
+            emit(f"[{self.spec.label}] step 0 {result.summary()}")
             self.metrics.flush()
 
     def _eval_metrics(self, current: bool = True) -> dict[str, float]:
@@ -263,7 +264,7 @@ class Worker:
             # every rank: gathers partitions
             weights = consolidated_weights(self.engine, self.spec, self.rank)
             if self.rank == 0:
-                self._say(f"[{self.spec.label}] consolidated the weights (ZeRO stage {self.loop.zero_stage})")
+                emit(f"[{self.spec.label}] consolidated the weights (ZeRO stage {self.loop.zero_stage})")
                 write_model(weights, self.spec, Path(directory) / MODEL_DIR)
         self.metrics.flush()  # every step up to the checkpoint is in MLflow before it counts
         fresh_eval = self.last_eval is not None and self.last_eval["step"] == state.step  # not stale
@@ -314,10 +315,6 @@ class Worker:
         dtype = DTYPES[self.precision]  # resolved: fp32, bf16 or fp16
         size = 1024 if self.device.type == "cpu" else 4096
         return measure_peak_flops(dtype, device=str(self.device), size=size)
-
-    @staticmethod
-    def _say(line: str) -> None:
-        say(line)
 
 
 class _NoMetrics:

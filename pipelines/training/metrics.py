@@ -1,4 +1,4 @@
-"""Rank 0's view of a training run: MLflow metrics without duplicates, a progress line, memory.
+"""Rank 0's view of a training run: MLflow metrics without duplicates, progress, memory.
 
 Ray Train V2 has no MLflow callback, so rank 0 logs through an MlflowClient into the run whose id
 travels in the checkpoint. A restarted run recomputes the steps after its last checkpoint; the
@@ -8,11 +8,12 @@ steps MLflow already holds (read once at start, per metric key) are not logged a
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
+
+from pipelines.runtime.console import emit
 
 FLUSH_METRICS = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -77,32 +78,30 @@ def memory_mb(device: Any) -> float:
 
 
 class Progress:
-    """One line per log interval for a person (stdout, so `ray job submit` shows it)."""
+    """Rank 0's line per log interval for a person, and the numbers of a live bar."""
 
-    def __init__(self, max_steps: int, start_step: int, prefix: str = "[pretrain]"):
-        self.max_steps, self.start_step, self.prefix = max_steps, start_step, prefix
+    def __init__(self, max_steps: int, start_step: int, label: str):
+        self.max_steps, self.start_step, self.label = max_steps, start_step, label
         self.started = time.perf_counter()
 
-    def line(self, step: int, metrics: dict[str, float]) -> str:
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        text, progress = self.line(step, metrics)
+        emit(text, progress)
+
+    def line(self, step: int, metrics: dict[str, float]) -> tuple[str, dict[str, Any]]:
+        """("[label] step 10/300 | loss ... | eta 0:01:58", the live bar's {label, step, total, postfix})."""
         done = step - self.start_step
         per_step = (time.perf_counter() - self.started) / max(done, 1)
         eta = timedelta(seconds=round(per_step * (self.max_steps - step)))
-        parts = [
-            f"{self.prefix} step {step}/{self.max_steps}",
-            f"loss {metrics['loss']:.4f}",
-            f"lr {metrics['lr']:.2e}",
-            f"{metrics['tokens_per_s']:,.0f} tok/s",
-        ]
+        loss, speed = f"loss {metrics['loss']:.4f}", f"{metrics['tokens_per_s']:,.0f} tok/s"
+        figures = [loss, f"lr {metrics['lr']:.2e}", speed]
         if metrics.get("mfu") is not None:
-            parts.append(f"mfu {100 * metrics['mfu']:.1f}%")
+            figures.append(f"mfu {100 * metrics['mfu']:.1f}%")
+        val = []
         if metrics.get("val_loss") is not None:
             bpb = f" ({metrics['val_bpb']:.3f} bpb)" if metrics.get("val_bpb") is not None else ""
-            parts.append(f"val {metrics['val_loss']:.4f}{bpb}")
-        parts.append(f"eta {eta}")
-        return " | ".join(parts)
-
-
-def say(line: str) -> None:
-    """A line on stdout. Not print(): Ray Train patches print in workers and the line shows twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+            val = [f"val {metrics['val_loss']:.4f}{bpb}"]
+        text = " | ".join([f"[{self.label}] step {step}/{self.max_steps}", *figures, *val, f"eta {eta}"])
+        # The bar keeps what fits beside it on a terminal line (it has its own rate and ETA).
+        bar = {"label": self.label, "step": step, "total": self.max_steps}
+        return text, {**bar, "postfix": " | ".join([loss, speed, *val])}

@@ -2,10 +2,12 @@
 
 The stage resolves the data (the pipeline's shards, or `train.shards`), the tokenizer and the
 initial weights (`train.init_from`, a model directory or a registry URI) and checks, before any
-worker starts, that the shards are complete and made with the run's tokenizer and that both splits
-hold a window per worker. pipelines/training/launch.py then checks DeepSpeed options and the cluster,
-runs the TorchTrainer (per-worker loop: pipelines/training/loop.py) and publishes the model into
-`<workspace>/models/<run>/`, MLflow and the registry. Fine-tuning reuses all of it with its own Task.
+worker starts, that the shards are complete and made with the run's tokenizer, that both splits
+hold a window per worker and the val split an evaluation batch (check_windows: also at planning
+time, in a dry run too, when the shards are published). pipelines/training/launch.py then checks
+DeepSpeed options and the cluster, runs the TorchTrainer (per-worker loop: pipelines/training/loop.py)
+and publishes the model into `<workspace>/models/<run>/`, MLflow and the registry. Fine-tuning reuses
+all of it with its own Task.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipelines.core.cache import DirRef
 from pipelines.core.hashing import sha256_path
 from pipelines.core.manifest import manifest_digest, read_manifest
 from pipelines.core.outputs import TokenizerOutput
-from pipelines.core.workflow import Stage, StageContext
+from pipelines.core.workflow import Published, Stage, StageContext
 from pipelines.core.workspace import Workspace, uri_basename
 from pipelines.errors import UserError
 from pipelines.training.launch import run_name
@@ -36,6 +38,7 @@ def pretrain_stage() -> Stage:
         inputs=lambda cfg: () if cfg.train.shards else ("tokenizer", "shards"),
         output_dir=lambda cfg, fp: f"models/{run_name(cfg.train, 'pretrain', fp)}",  # checkpoints/<same>
         fingerprint_extra=explicit_shards_identity,
+        preflight=pretrain_preflight,
         summary="pretrain GPT-2 with Ray Train + DeepSpeed ZeRO; register the model in MLflow",
     )
 
@@ -134,16 +137,47 @@ def _check_shards_complete(ws: Workspace, rel: str, manifest: dict) -> None:
             raise UserError(f"shards {ws.full_uri(rel)} are incomplete or damaged: {name} {state}")
 
 
-def check_windows(shards: ShardsData, block_size: int, loop: LoopConfig, section: str) -> None:
+def published_shards(cfg: Config, ws: Workspace, inputs: dict[str, Published]) -> tuple[dict, str] | None:
+    """(manifest, URI) of the shards a training stage reads - `train.shards`, or the pipeline's `shards`
+    output - when they are published; only the manifest is read."""
+    if cfg.train.shards:
+        where = Workspace(cfg.train.shards, "train.shards")
+        manifest = read_manifest(where, "")
+        return (manifest, where.full_uri()) if manifest else None
+    shards = inputs.get("shards")
+    return (shards.manifest, ws.full_uri(shards.dir)) if shards else None
+
+
+def check_windows(manifest: dict, where: str, block_size: int, loop: LoopConfig, section: str) -> None:
+    """Both splits of the shards manifest hold a window per worker, and the val split an evaluation
+    batch: micro_batch_size windows on each rank (engine.evaluate_engine, gpt2core.data.eval_shares)
+    at the most workers the run may get. A smaller val split is evaluated in partial batches, every
+    val figure and the champion gate on less than one batch of windows."""
+    window, workers = block_size + 1, loop.max_workers
+    splits = manifest["splits"]
     for split in ("train", "val"):
-        split_tokens = shards.manifest["splits"][split]["tokens"]
-        per_rank = split_tokens // (block_size + 1) // loop.max_workers
-        if per_rank < 1:
+        if splits[split]["tokens"] // window // workers < 1:
             raise UserError(
-                f"shards {shards.dir}: the {split} split has {split_tokens} tokens, too few for "
-                f"{loop.max_workers} workers with windows of {block_size + 1} tokens "
+                f"shards {where}: the {split} split has {splits[split]['tokens']} tokens, too few for "
+                f"{workers} workers with windows of {window} tokens "
                 f"(lower model.block_size or {section}.num_workers, or give the corpus more text)"
             )
+    windows, need = splits["val"]["tokens"] // window, loop.micro_batch_size * workers
+    if windows < need:
+        raise UserError(
+            f"config key '{section}.micro_batch_size': shards {where}: the val split has {windows} windows "
+            f"of {window} tokens, fewer than one evaluation batch of {section}.micro_batch_size="
+            f"{loop.micro_batch_size} windows on each of {workers} workers ({need}); lower "
+            f"{section}.micro_batch_size (and {section}.global_batch_size) or give the val split more text"
+        )
+
+
+def pretrain_preflight(cfg: Config, ws: Workspace, inputs: dict[str, Published]) -> None:
+    """At planning time (Runner.check, `--dry-run` too): published shards against the context and the
+    batch. With train.init_from the context is the initial model's, checked once it is resolved."""
+    shards = published_shards(cfg, ws, inputs)
+    if shards is not None and not cfg.train.init_from:
+        check_windows(*shards, cfg.model.resolved("block_size"), cfg.train, "train")
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -231,7 +265,7 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     shards = resolve_shards(ctx)
     init_dir = resolve_init(loop, "train")
     gpt = resolve_model(ctx.cfg, shards.vocab_size, shards.tokenizer_sha256, init_dir)
-    check_windows(shards, gpt["block_size"], loop, "train")
+    check_windows(shards.manifest, shards.dir, gpt["block_size"], loop, "train")
     task = PretrainTask(shards.ref, shards.tokenizer, shards.tokenizer_sha256, shards.vocab_size)
     init_model = stage_init(ctx, loop, init_dir)
     discard_staging(init_dir)  # a registry download: the workspace copy is the one the workers use

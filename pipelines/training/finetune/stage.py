@@ -5,7 +5,9 @@ Only what differs from pretraining lives here: where the initial model comes fro
 Face GPT-2 directory imported with its own BPE tokenizer), the data (JSONL pairs with the loss on
 the completion, a text file, pairs made from the demo corpus, or the pipeline's shards), optional
 LoRA and early stopping, and lineage tags on the new registered version (parent model, dataset
-digest). The champion gate is pretraining's, evaluated on the fine-tuning val set.
+digest). The champion gate is pretraining's, evaluated on the fine-tuning val set. What the initial
+model's config.json tells (model.block_size within its positions, finetune.lora_rank within its
+width) is checked at planning time (finetune_preflight, in a dry run too) and again once it is resolved.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import Config
+from pipelines.config import Config, lora_rank_problem
 from pipelines.core.cache import DirRef, file_identity, user_file
 from pipelines.core.hashing import sha256_path
 from pipelines.core.outputs import CorpusOutput, ModelOutput
-from pipelines.core.workflow import Stage, StageContext
+from pipelines.core.workflow import Published, Stage, StageContext
 from pipelines.core.workspace import Workspace, uri_basename
 from pipelines.errors import UserError
 from pipelines.registry.models import registry_version
@@ -41,6 +43,7 @@ def finetune_stage() -> Stage:
         inputs=finetune_inputs,
         output_dir=lambda cfg, fp: f"models/{run_name(cfg.finetune, 'finetune', fp)}",
         fingerprint_extra=_sources_identity,
+        preflight=finetune_preflight,
         enabled=lambda cfg: cfg.finetune.enabled,
         summary="fine-tune a registered, pretrained or Hugging Face GPT-2; register it in MLflow",
     )
@@ -105,6 +108,99 @@ def resolve_init_model(ctx: StageContext) -> InitModel:
         directory = resolve_init(loop, "finetune")
         lineage = {"parent_model_uri": str(directory.resolve()), "parent_model_version": "none"}
     return InitModel(directory, stage_init(ctx, loop, directory), lineage)
+
+
+def check_init_model(cfg: Config, gpt: dict, source: str) -> None:
+    """What fine-tuning asks of the model it starts from (GPTConfig fields): model.block_size within its
+    positions (fine-tuning keeps the model's context; a longer one has no position embeddings), and
+    finetune.lora_rank within its width."""
+    wanted, positions = cfg.model.block_size, gpt["block_size"]
+    if wanted is not None and wanted > positions:
+        raise UserError(
+            f"config key 'model.block_size': {wanted} is more than the {positions} positions of the model "
+            f"fine-tuning starts from ({source}); use at most {positions}"
+        )
+    problem = lora_rank_problem(cfg.finetune.lora_rank, gpt["n_embd"], source)
+    if problem:
+        raise UserError(f"config key 'finetune.lora_rank': {problem}")
+
+
+def finetune_preflight(cfg: Config, ws: Workspace, inputs: dict[str, Published]) -> None:
+    """At planning time (Runner.check, `--dry-run` too), on what is published: the initial model's
+    config.json against model.block_size and finetune.lora_rank, and (finetune.data unset) the shards'
+    val split against the batch. Pairs and text files are tokenized when the stage runs: not here."""
+    from pipelines.training.pretrain import check_windows, published_shards
+
+    f = cfg.finetune
+    start = None
+    if f.init_from:
+        gpt = init_architecture(cfg, ws, f.init_from)
+        start = (gpt, f.init_from) if gpt else None
+    elif "pretrain" in inputs:
+        start = (inputs["pretrain"].manifest["model"], ws.full_uri(inputs["pretrain"].dir))
+    if start is not None:
+        check_init_model(cfg, *start)
+    block = start[0]["block_size"] if start else None
+    if block is None and not (f.init_from or cfg.train.init_from):
+        block = cfg.model.resolved("block_size")  # the pipeline's pretrained model, still to be built
+    shards = published_shards(cfg, ws, inputs) if f.data is None and block else None
+    if shards is not None:
+        check_windows(*shards, block, f, "finetune")
+
+
+def init_architecture(cfg: Config, ws: Workspace, init_from: str) -> dict | None:
+    """finetune.init_from's GPTConfig fields from its config.json alone (no weights): of a model or a
+    Hugging Face directory, or of a registered model. None for other URIs (runs:/, s3://)."""
+    if init_from.startswith("models:/"):
+        return _registered_architecture(cfg, ws, init_from)
+    if ":/" in init_from:
+        return None
+    from gpt2core.checkpoint import read_config
+    from gpt2core.hf import is_hf_dir, read_hf_config
+
+    path = Path(init_from).expanduser()
+    try:
+        return (read_hf_config(path) if is_hf_dir(path) else read_config(path)).to_dict()
+    except ValueError as exc:
+        raise UserError(f"config key 'finetune.init_from': {exc}") from None
+
+
+def _registered_architecture(cfg: Config, ws: Workspace, uri: str) -> dict | None:
+    """A registered model's config.json: two small files from the registry's artifact store (MLmodel,
+    then config.json of its model directory), not the weights. None while the registry is the
+    workspace's SQLite default and does not exist yet (the run then names the missing model)."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from gpt2core.checkpoint import read_config
+    from pipelines.registry import pyfunc
+    from pipelines.registry.models import pyfunc_artifact
+    from pipelines.runtime.tracking import resolve_tracking_uri
+
+    key, tracking = "config key 'finetune.init_from'", resolve_tracking_uri(cfg, ws)
+    if tracking.startswith("sqlite:///") and not Path(tracking.removeprefix("sqlite:///")).is_file():
+        return None
+    mlflow.set_tracking_uri(tracking)
+    version_uri, _ = registry_version(uri)
+    with tempfile.TemporaryDirectory(prefix="init-config-") as tmp:
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{version_uri}/MLmodel", dst_path=tmp)
+            found = pyfunc_artifact(Path(tmp), pyfunc.MODEL_DIR_ARTIFACT)
+            if found is None:
+                raise UserError(f"{key}: {uri} is not a model logged by this project (no model directory)")
+            (Path(tmp) / "model").mkdir()
+            rel = found.relative_to(tmp).as_posix()
+            config = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{version_uri}/{rel}/config.json", dst_path=f"{tmp}/model"
+            )
+        except MlflowException as exc:
+            raise UserError(f"{key}: {uri}: cannot read its config ({exc.message.splitlines()[0]})") from None
+        try:
+            return read_config(Path(config).parent).to_dict()
+        except ValueError as exc:
+            raise UserError(f"{key}: {exc}") from None
 
 
 def tokenizer_identity(tokenizer) -> str:
@@ -201,7 +297,7 @@ def _shards_data(ctx: StageContext, init: InitModel) -> Prepared:
     loop = ctx.cfg.finetune
     shards = resolve_shards(ctx)
     gpt = resolve_model(ctx.cfg, shards.vocab_size, shards.tokenizer_sha256, init.dir, "finetune")
-    check_windows(shards, gpt["block_size"], loop, "finetune")
+    check_windows(shards.manifest, shards.dir, gpt["block_size"], loop, "finetune")
     task = PretrainTask(shards.ref, shards.tokenizer, shards.tokenizer_sha256, shards.vocab_size, "finetune")
     gate = GateData(shards.ref, shards.tokenizer, **gate_resources(loop))
     info = {"format": "shards", "splits": shards.manifest["splits"]}
@@ -227,9 +323,12 @@ def run_finetune(ctx: StageContext) -> dict[str, Any]:
     from gpt2core.lora import LoraConfig
     from pipelines.core.cache import discard_staging
     from pipelines.training.launch import prepare, publish, train
+    from pipelines.training.pretrain import init_config
 
     loop = ctx.cfg.finetune
     init = resolve_init_model(ctx)
+    gpt = init_config(ctx.cfg, init.dir, "finetune").to_dict()
+    check_init_model(ctx.cfg, gpt, init.lineage["parent_model_uri"])  # as finetune_preflight did
     prepared = prepare_data(ctx, init)
     info = prepared.info
     if info.get("rejects") or info.get("truncated"):
