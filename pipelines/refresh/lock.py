@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -22,12 +21,13 @@ from typing import Any
 
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
+from pipelines.runtime.console import say
 
 LOCK_FILE = "locks/refresh.lock"
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    say(f"warning: {message}")  # a person's line: on the console, also in a job's console session
 
 
 @dataclass(frozen=True)
