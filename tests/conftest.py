@@ -274,3 +274,6 @@ def reported_node_types(ray_local):
     _internal_kv_put(key, config.SerializeToString(), overwrite=True, **where)
     yield
     _internal_kv_del(key, **where)  # other tests' Ray Data must not see an autoscaler
+
+
+from user_chain import user_chain  # noqa: E402, F401  (a session fixture: the console and lineage tests)

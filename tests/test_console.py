@@ -4,7 +4,6 @@ the workspace, and a failed worker's traceback on the console whatever the mode.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import pty
 import re
@@ -13,10 +12,9 @@ import subprocess
 import sys
 import termios
 import threading
-from pathlib import Path
 
 import pytest
-from prepared_workspace import OVERRIDES, docstring_documents
+from user_chain import pipeline_args
 
 from pipelines.core.faults import FAULT_ENV, FAULT_RAISE_ENV
 from pipelines.runtime.console import Console
@@ -29,48 +27,11 @@ NOISE = re.compile(
     r"DeepSpeed|built successfully|Warning|warnings\.warn|TrainingReport|Downloading artifacts|"
     r"\bINFO\b|\bWARNING\b|Traceback"
 )
-CHAIN = (
-    *OVERRIDES,
-    "train.max_steps=10",
-    "train.eval_interval=5",
-    "finetune.demo_pairs=200",
-    "finetune.max_steps=6",
-    "finetune.eval_interval=3",
-    "finetune.micro_batch_size=4",
-    "finetune.global_batch_size=16",
-    "finetune.early_stop_patience=0",
-    "generate.num_actors=1",
-    "generate.max_new_tokens=8",
-    "ray.num_cpus=2",
-)
-
-
-def pipeline_args(workspace: Path, corpus: Path, *flags: str, sets: tuple[str, ...] = ()) -> list[str]:
-    args = ["jobs/pipeline.py", "--config", "configs/demo.yaml", *flags]
-    for item in (*CHAIN, f"workspace={workspace}", f"corpus.inputs=[{corpus}]", *sets):
-        args += ["--set", item]
-    return args
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """The demo chain on a small JSONL corpus (stdlib docstrings, some twice), run as a user would,
-    stdout and stderr not a terminal."""
-    root = tmp_path_factory.mktemp("console")
-    docs = docstring_documents()
-    corpus = root / "docs.jsonl"
-    with corpus.open("w") as f:
-        for i, (name, text) in enumerate(docs + docs[:40]):  # 40 exact duplicates to drop
-            f.write(json.dumps({"id": f"{name}-{i}", "text": text}) + "\n")
-    ws = root / "ws"
-    proc = run_job(*pipeline_args(ws, corpus), timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return ws, corpus, proc
 
 
 @pytest.mark.slow
-def test_the_chain_reads_in_a_few_lines_with_every_figure(chain):
-    ws, _, proc = chain
+def test_the_chain_reads_in_a_few_lines_with_every_figure(user_chain):
+    ws, _, proc = user_chain
     console = proc.stdout + proc.stderr
     lines = console.splitlines()
     assert len(lines) <= MAX_LINES, console
@@ -98,8 +59,8 @@ def test_the_chain_reads_in_a_few_lines_with_every_figure(chain):
 
 
 @pytest.mark.slow
-def test_verbose_brings_the_library_output_back(chain):
-    ws, corpus, _ = chain
+def test_verbose_brings_the_library_output_back(user_chain):
+    ws, corpus, _ = user_chain
     proc = run_job(*pipeline_args(ws, corpus, "--stages", "shards", "--force", "shards", "--verbose"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "(_write_shards pid=" in proc.stdout + proc.stderr  # a Ray task's own output, forwarded
@@ -108,8 +69,8 @@ def test_verbose_brings_the_library_output_back(chain):
 
 
 @pytest.mark.slow
-def test_a_terminal_shows_a_live_bar_that_ends_at_100_percent(chain):
-    ws, corpus, _ = chain
+def test_a_terminal_shows_a_live_bar_that_ends_at_100_percent(user_chain):
+    ws, corpus, _ = user_chain
     args = pipeline_args(ws, corpus, "--stages", "pretrain", sets=("train.max_steps=8",))
     output = run_on_a_terminal([sys.executable, *args])
     assert output.returncode == 0, output.text[-4000:]
@@ -120,8 +81,8 @@ def test_a_terminal_shows_a_live_bar_that_ends_at_100_percent(chain):
 
 
 @pytest.mark.slow
-def test_a_failed_workers_traceback_is_on_the_console(chain):
-    ws, corpus, _ = chain
+def test_a_failed_workers_traceback_is_on_the_console(user_chain):
+    ws, corpus, _ = user_chain
     args = pipeline_args(ws, corpus, "--stages", "pretrain", sets=("train.max_steps=7",))
     proc = run_job(*args, env={FAULT_ENV: "2", FAULT_RAISE_ENV: "ImportError"})
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,10 +1,10 @@
 """Elastic training end to end: resume on another number of workers and ZeRO stage, survive a lost
 node, checkpoint on SIGTERM. Real Ray Train, DeepSpeed and a real MLflow server.
 
-Every run is the tiny pretrain run of 150 steps (a checkpoint and an evaluation every 50):
+Every run is the tiny pretrain run of 60 steps (a checkpoint and an evaluation every 20):
   - "reference": 2 workers at ZeRO 1, uninterrupted;
-  - "shrink": 2 workers at ZeRO 1 until rank 0 raises an error no restart cures after step 101 (the
-    run ends; its last checkpoint is step 100), then submitted again on 1 worker to the end;
+  - "shrink": 2 workers at ZeRO 1 until rank 0 raises an error no restart cures after step 41 (the
+    run ends; its last checkpoint is step 40), then submitted again on 1 worker to the end;
   - "grow": the same from 1 worker at ZeRO 1 to 2 workers at ZeRO 2.
 Each step logs a digest of the windows it trained on (`data_digest`): the interrupted runs must have
 seen exactly the reference's windows at every step, and end within 0.5% of its val loss.
@@ -32,10 +32,10 @@ from pipelines.training.pretrain import pretrain_stage
 
 pytestmark = pytest.mark.slow
 STEPS = (
-    "train.max_steps=150",
-    "train.eval_interval=50",
-    "train.checkpoint_interval=50",
-    "train.log_interval=50",
+    "train.max_steps=60",
+    "train.eval_interval=20",
+    "train.checkpoint_interval=20",
+    "train.log_interval=20",
 )
 
 
@@ -61,8 +61,8 @@ def submit(pw, server, workspace, run: str, *extra: str, env: dict | None = None
 
 
 def interrupted(pw, server, workspace, run: str, before: tuple, after: tuple):
-    """A run stopped by an incurable error after step 101, then resubmitted with `after`."""
-    stop = {FAULT_ENV: "101", FAULT_RAISE_ENV: "ImportError", FAULT_RANK_ENV: "0"}
+    """A run stopped by an incurable error after step 41, then resubmitted with `after`."""
+    stop = {FAULT_ENV: "41", FAULT_RAISE_ENV: "ImportError", FAULT_RANK_ENV: "0"}
     with pytest.raises(RunFailed, match="ImportError"):
         submit(pw, server, workspace, run, *before, env=stop)
     return submit(pw, server, workspace, run, *after)
@@ -106,12 +106,12 @@ def runs(prepared_workspace, mlflow_server, ray_module, tmp_path_factory):
 @pytest.mark.parametrize("name", ["shrink", "grow"])
 def test_a_resumed_run_on_another_layout_sees_the_same_windows_at_every_step(runs, name):
     client, (reference, _), (resumed, logs) = runs["client"], runs["reference"], runs[name]
-    assert resumed["resumed_from_step"] == 100 and resumed["steps"] == 150
+    assert resumed["resumed_from_step"] == 40 and resumed["steps"] == 60
     expected = history(client, reference["mlflow_run_id"], "data_digest")
     seen = history(client, resumed["mlflow_run_id"], "data_digest")  # both submissions: one MLflow run
-    assert sorted(seen) == sorted(expected) == list(range(1, 151))
+    assert sorted(seen) == sorted(expected) == list(range(1, 61))
     assert seen == expected
-    assert len(set(expected.values())) == 150  # the digest tells the steps' windows apart
+    assert len(set(expected.values())) == 60  # the digest tells the steps' windows apart
     assert resumed["val"]["loss"] == pytest.approx(reference["val"]["loss"], rel=0.005)
     assert any("resharded from" in line or "resumes with train.num_workers" in line for line in logs)
 
@@ -121,13 +121,13 @@ def test_every_change_of_layout_is_in_mlflow(runs):
     for name, before, after in (("shrink", 2, 1), ("grow", 1, 2)):
         manifest, logs = runs[name]
         run = client.get_run(manifest["mlflow_run_id"])
-        assert restarts(client, run.info.run_id) == [(0, before), (100, after)]
+        assert restarts(client, run.info.run_id) == [(0, before), (40, after)]
         assert manifest["world_size"] == after
-        assert f"train.num_workers {before} -> {after}" in run.data.tags["resumed.step_100"]
-        assert "resharded.step_100" in run.data.tags
+        assert f"train.num_workers {before} -> {after}" in run.data.tags["resumed.step_40"]
+        assert "resharded.step_40" in run.data.tags
     grow_tags = client.get_run(runs["grow"][0]["mlflow_run_id"]).data.tags
-    assert "train.zero_stage 1 -> 2" in grow_tags["resumed.step_100"]
-    assert "at ZeRO 1 to 2 at ZeRO 2" in grow_tags["resharded.step_100"]
+    assert "train.zero_stage 1 -> 2" in grow_tags["resumed.step_40"]
+    assert "at ZeRO 1 to 2 at ZeRO 2" in grow_tags["resharded.step_40"]
 
 
 def test_a_checkpoint_of_another_model_shape_is_refused_in_one_line(runs, prepared_workspace, mlflow_server):

@@ -26,6 +26,7 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 GPT2CORE_DIR = Path(__file__).resolve().parents[2] / "gpt2core"
 MODEL_ARTIFACT = "model"
 CHAMPION = "champion"
+OUTPUT_TAG = "output"  # on a registered version: its model directory (full URI), for lineage
 _REQUIREMENTS = ("torch", "safetensors", "sentencepiece", "tokenizers", "numpy", "mlflow")
 
 
