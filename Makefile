@@ -6,7 +6,7 @@
 #             transformers, safetensors, sentencepiece, pyarrow; no registry) lacks, at this venv's
 #             versions, into build/wheelhouse/ (compiled ones for several Pythons); fails over 64 MiB
 # make gpu-smoke  bench/gpu_smoke.py on one CUDA GPU: gpt2core vs transformers, the chunked loss in
-#             bf16/fp16 vs fp32, DeepSpeed ZeRO 0/2 bf16, bench_model rows; one table, exit 1 on a
+#             bf16/fp16 vs fp32, DeepSpeed ZeRO 1/2 bf16, bench_model rows; one table, exit 1 on a
 #             failure (one line and exit 0 without CUDA). Needs no venv: on the GPU machine, from the
 #             repo root with build/wheelhouse/ copied in, `make gpu-smoke PYTHON=python3` (ARGS=...)
 #

@@ -1,5 +1,5 @@
 """GPU smoke check: gpt2core against transformers on one CUDA device, the chunked loss in bf16 and
-fp16 against fp32, a single-process DeepSpeed engine (ZeRO 0 and 2, bf16) and bench_model's rows.
+fp16 against fp32, a single-process DeepSpeed engine (ZeRO 1 and 2, bf16) and bench_model's rows.
 
     python bench/gpu_smoke.py [--device cuda|cpu] [--wheelhouse DIR] [--checks logits,greedy,...]
     make gpu-smoke PYTHON=python3     on a bare GPU machine: its own python, build/wheelhouse carried in
@@ -49,7 +49,9 @@ SHAPES = {
 FP16_LOSS_SCALE = 2.0**16  # DeepSpeed's first dynamic loss scale here (initial_scale_power=16)
 DEEPSPEED_STEPS = 8
 # Tolerances. bf16 keeps 8 significant bits (relative rounding 2**-9 = 2e-3 per operation), fp16 11.
-LOGITS_FP32 = 1e-5  # max |logit difference| / max |logit|
+# max |logit difference| / max |logit|: 1e-6 on CPU; on an H200 1.05e-5 (other fp32 kernels and
+# summation orders at 12 x 768: the gradients still agree to 6e-6, greedy decoding token for token).
+LOGITS_FP32 = {"cpu": 1e-5, "cuda": 3e-5}
 # Two bf16 implementations (HF's too) sit a few percent RMS from the fp32 logits of this 0.1-init
 # model and differ from each other by as much, so no 1e-3 holds between them: gpt2core's error must
 # instead stay within 1.25x of transformers' own.
@@ -59,8 +61,10 @@ LOGITS_BF16 = 1.25
 # a micro-batch, per-element noise of 1e-2 on every gradient behind the head at 2**15.
 GRADS = {"fp32": 1e-5, "bf16": 5e-2, "fp16": 5e-3}
 # max |bf16 engine's loss - a plain fp32 AdamW's| over the steps, as a fraction of fp32's loss drop.
-# ZeRO 0 updates bf16 weights in place (no fp32 master copy), hence the room: 7% seen on CPU.
+# ZeRO 1 (BF16_Optimizer) and 2 keep fp32 masters: 0.02 on an H200. ZeRO 0 is not a product path
+# in bf16 (the config refuses it): DeepSpeed then steps the bf16 weights themselves, 1.74 there.
 DEEPSPEED_CURVE = 0.25
+DEEPSPEED_STAGES = (1, 2)
 FAULT: str | None = None  # --inject-fault: the check whose measurement gets corrupted
 
 
@@ -137,7 +141,12 @@ def check_logits(setup: Setup) -> list[Row]:
         softmax = (mine.softmax(-1) - theirs.softmax(-1)).abs().max().item()
     bf16_note = f"RMS vs fp32 logits {errors[0]:.1e} / {errors[1]:.1e}; max abs d softmax {softmax:.0e}"
     return [
-        judged("logits fp32", fp32, LOGITS_FP32, "max abs d logit / max abs logit, gpt2core vs transformers"),
+        judged(
+            "logits fp32",
+            fp32,
+            LOGITS_FP32[setup.device.type],
+            "max abs d logit / max abs logit, gpt2core vs transformers",
+        ),
         judged(
             "logits bf16", errors[0] / errors[1], LOGITS_BF16, f"error gpt2core / transformers; {bf16_note}"
         ),
@@ -266,7 +275,7 @@ def reference_curve(model, loop, make_optimizer, x, y) -> list[float]:
 
 
 def check_deepspeed(setup: Setup) -> list[Row]:
-    names = [f"DeepSpeed ZeRO {stage} bf16" for stage in (0, 2)]
+    names = [f"DeepSpeed ZeRO {stage} bf16" for stage in DEEPSPEED_STAGES]
     try:
         deepspeed, LoopConfig, deepspeed_config, make_optimizer, train_step = import_deepspeed(setup)
     except ImportError as exc:
@@ -278,7 +287,7 @@ def check_deepspeed(setup: Setup) -> list[Row]:
     loop = LoopConfig(num_workers=1, use_gpu=cuda, micro_batch_size=micro, global_batch_size=micro, lr=1e-3)
     reference = reference_curve(model, loop, make_optimizer, x, y)
     with process_group(setup.device):
-        for name, stage in zip(names, (0, 2)):
+        for name, stage in zip(names, DEEPSPEED_STAGES):
             bf16_loop = loop.model_copy(update=dict(zero_stage=stage, precision="bf16"))
             m = copy.deepcopy(model).train()
             config = deepspeed_config(bf16_loop, 1, "bf16", setup.device.type)

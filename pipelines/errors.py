@@ -23,6 +23,11 @@ class UserError(Exception):
         self.detail = detail  # printed above the line, e.g. the traceback of a worker that failed
 
 
+class MissingIndex(UserError):
+    """Outputs built before an index that is asked for now (a corpus version's index/ngrams, the
+    shards' document index): rebuilding them adds it."""
+
+
 class RunFailed(UserError):
     """A run ended by an error a restart cannot cure (an import error on the workers, a shape
     mismatch): reported in one line like a UserError, with exit code 1."""

@@ -67,6 +67,15 @@ def test_micro_batch_must_divide_global_batch():
         load_config(None, ["train.micro_batch_size=3"])
 
 
+def test_bf16_without_zero_is_refused_where_it_would_lose_the_fp32_masters():
+    for overrides in (["train.precision=bf16"], ["finetune.use_gpu=true"]):  # auto: bf16 on GPUs
+        section = overrides[0].split(".")[0]
+        with pytest.raises(UserError, match=f"{section}.*zero_stage=0 with precision=.* without fp32 master"):
+            load_config(None, [*overrides, f"{section}.zero_stage=0"])
+    assert load_config(None, ["train.zero_stage=0", "train.precision=fp32", "train.use_gpu=true"])
+    assert load_config(None, ["train.zero_stage=0"]).train.precision == "auto"  # fp32 on CPUs
+
+
 def test_elastic_num_workers_is_a_range_whose_every_size_splits_the_global_batch():
     cfg = load_config(
         None, ["train.num_workers=[1,4]", "train.micro_batch_size=2", "train.global_batch_size=24"]

@@ -91,7 +91,9 @@ def test_truncated_compressed_file_keeps_what_was_read_and_names_the_file(
     good, last = rows[:-1], rows[-1]
     assert 0 < len(good) < len(many) and [r["text"] for r in good] == many[: len(good)]
     assert all(r["reason"] is None for r in good)
+    assert [r["source_id"] for r in good] == [str(n) for n in range(1, len(good) + 1)]  # line numbers
     assert last["reason"] == "truncated_file" and last["detail"].startswith(f"cut{suffix}: ")
+    assert last["source_id"] is None  # the file's reject stands for no record
 
 
 def test_parquet_rows_and_missing_column(tmp_path, docs):

@@ -115,7 +115,7 @@ def test_publishes_the_workspace_contract(built):
     assert dropped == built.expected["dropped"]
 
     data = read_dir(built.ws, f"{built.out}/data")
-    assert data.schema.names[:6] == ["id", "text", "url", "source", "lang", "lang_score"]
+    assert data.schema.names[:6] == ["id", "text", "url", "source", "source_id", "lang"]
     assert set(data["lang"].to_pylist()) == {"en"} and min(data["lang_score"].to_pylist()) > 0.65
     assert all(len(i) == 16 for i in data["id"].to_pylist())
     rejects = read_dir(built.ws, f"{built.out}/rejects").to_pylist()
@@ -138,6 +138,71 @@ def test_publishes_the_workspace_contract(built):
     for uri, entry in files.items():
         data_bytes = Path(uri).read_bytes()
         assert entry["bytes"] == len(data_bytes) and entry["sha256"] == hashlib.sha256(data_bytes).hexdigest()
+
+
+def input_record_ids(root: Path) -> dict[str, list[str | None]]:
+    """Per input file, the ids of its records as the file itself has them, read here without the
+    product's readers: the JSONL/Parquet id field (else the line number), a WARC response's
+    WARC-Record-ID, 0 for a one-document file."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    from pipelines.corpus.streams import InputStream
+
+    ids: dict[str, list[str | None]] = {}
+    for path in sorted(root.iterdir()):
+        if path.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
+            compression = {"gz": "gzip", "zst": "zstd"}.get(path.suffix[1:])
+            with InputStream(str(path), compression) as src:
+                lines = src.stream.read().decode().splitlines()
+            ids[path.name] = []
+            for lineno, line in enumerate(lines, start=1):
+                try:
+                    ids[path.name].append(json.loads(line).get("id") or str(lineno))
+                except json.JSONDecodeError:
+                    ids[path.name].append(str(lineno))
+        elif path.suffix == ".parquet":
+            ids[path.name] = pq.read_table(path)["id"].to_pylist()
+        elif path.name.endswith(".warc.gz"):
+            with InputStream(str(path), "gzip") as src:
+                records = ArchiveIterator(src.stream, record_types=WarcRecordType.response)
+                ids[path.name] = [r.headers["WARC-Record-ID"] for r in records]
+        else:
+            ids[path.name] = ["0"]
+    return ids
+
+
+def test_every_row_names_its_input_record(built):
+    """Kept and rejected rows join back to the input files row for row by (source, source_id), and
+    a duplicate names the document it copies in both forms."""
+    data = read_dir(built.ws, f"{built.out}/data").to_pylist()
+    rejects = read_dir(built.ws, f"{built.out}/rejects").to_pylist()
+    published = sorted((r["source"], r["source_id"]) for r in data + rejects)
+    expected = sorted((name, i) for name, ids in input_record_ids(built.root / "in").items() for i in ids)
+    assert published == expected
+    for row in data + rejects:  # the id is the hash of the same two
+        assert row["id"] == key_to_id(doc_key(row["source"], row["source_id"]))
+    kept = {r["id"]: r for r in data}
+    duplicates = [r for r in rejects if r["duplicate_of"] is not None]
+    warc_ids = input_record_ids(built.root / "in")["g.warc.gz"]
+    assert {r["source_id"] for r in duplicates} == {"a-copy", warc_ids[1]}  # a0's copy, f.html's
+    for row in duplicates:
+        original = kept[row["duplicate_of"]]
+        assert (row["duplicate_of_source"], row["duplicate_of_source_id"]) == (
+            original["source"],
+            original["source_id"],
+        )
+    copy = next(r for r in duplicates if r["source_id"] == "a-copy")
+    assert (copy["duplicate_of_source"], copy["duplicate_of_source_id"]) == ("a.jsonl", "a0")
+    assert all(r["duplicate_of_source"] is None for r in rejects if r["duplicate_of"] is None)
+
+
+def test_stats_count_records_per_input_file(built):
+    stats = check_counts(built.ws, built.out)
+    data = read_dir(built.ws, f"{built.out}/data")["source"].to_pylist()
+    ids = input_record_ids(built.root / "in")
+    assert stats["by_source"] == {
+        name: {"records": len(ids[name]), "kept": data.count(name)} for name in sorted(ids)
+    }
 
 
 def test_funnel_is_logged_to_mlflow(built, mlflow_server):

@@ -19,6 +19,7 @@ import pytest
 
 from gpt2core.data import TokenShards
 from gpt2core.tokenizer import load_sentencepiece
+from pipelines.core.ngrams import read_ngrams
 from pipelines.core.workflow import Runner
 from pipelines.core.workspace import Workspace
 from pipelines.corpus.build import build_corpus
@@ -157,6 +158,12 @@ def test_each_version_names_its_parent_and_counts_every_document(chain):
         root = chain.ws / version.dir
         listed = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
         assert listed - {"manifest.json"} == set(manifest["files"])
+        # index/ngrams: the parent's part files and this generation's, one row per kept document
+        ngram_files = {p.name for p in (root / "index" / "ngrams").iterdir()}
+        generations = {f"part-00000-g{g:04d}.parquet" for g in range(1, step.k + 1)}
+        assert {"part-00000.parquet", *generations} <= ngram_files
+        ng, _ = read_ngrams(Workspace(str(chain.ws)), version.dir)
+        assert sorted(f"{d:016x}" for d in ng.docs) == sorted(r["id"] for r in kept)
         parent = version
 
 

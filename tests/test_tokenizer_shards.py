@@ -20,11 +20,12 @@ import pytest
 
 from gpt2core.data import TokenShards
 from gpt2core.tokenizer import META, encode_lossless, load_sentencepiece
-from pipelines.config import load_config
+from pipelines.config import ShardsConfig, load_config
 from pipelines.core.outputs import corpus_data_files, iter_corpus_batches
 from pipelines.core.workflow import Runner, Stage
 from pipelines.errors import UserError
-from pipelines.shards.stage import ValSplit, shards_stage
+from pipelines.shards.stage import shards_stage
+from pipelines.shards.val_split import ValSplit
 from pipelines.tokenizer.stage import (
     CorpusSample,
     tokenizer_stage,
@@ -249,7 +250,11 @@ def test_shards_hold_every_document_then_eos_in_corpus_order(built):
     sp = sentencepiece_of(runner)
     docs = corpus_docs(runner)
     ids = encode_lossless(sp, [t for _, t in docs])
-    val = ValSplit.for_corpus(runner.ws, corpus_data_files(runner.ws, runner.published("corpus").dir), 1e-6)
+    val = ValSplit.for_corpus(
+        runner.ws,
+        corpus_data_files(runner.ws, runner.published("corpus").dir),
+        ShardsConfig(val_fraction=1e-6),
+    )
     for split in ("train", "val"):
         chosen = [
             (text, doc) for (doc_id, text), doc in zip(docs, ids) if val.is_val(doc_id) == (split == "val")
@@ -291,7 +296,9 @@ def test_shard_files_are_uncompressed_arrow_with_manifest_counts(built):
         for key in ("tokens", "docs", "bytes"):
             assert split[key] == sum(f[key] for f in split["files"])
     listed = {f["name"] for s in manifest["splits"].values() for f in s["files"]}
-    assert sorted(listed) == sorted(p.name for p in shards_dir.glob("*.arrow")) == sorted(manifest["files"])
+    indexes = {f["doc_index"] for s in manifest["splits"].values() for f in s["files"]}  # test_doc_index.py
+    assert sorted(listed) == sorted(p.name for p in shards_dir.glob("*.arrow"))
+    assert sorted(listed | indexes) == sorted(manifest["files"])
 
 
 def test_output_is_the_same_with_another_actor_count(built):
@@ -327,11 +334,14 @@ def test_val_split_is_a_stable_hash_fraction(built):
     runner, _ = built
     files = corpus_data_files(runner.ws, runner.published("corpus").dir)
     ids = [doc_id for doc_id, _ in corpus_docs(runner)]
-    quarter = ValSplit.for_corpus(runner.ws, files, 0.25)
+    quarter = ValSplit.for_corpus(runner.ws, files, ShardsConfig(val_fraction=0.25))
     in_val = np.array([quarter.is_val(i) for i in ids])
     assert quarter.forced_id is None and 0.15 < in_val.mean() < 0.35
-    assert [ValSplit.for_corpus(runner.ws, files, 0.25).is_val(i) for i in ids] == in_val.tolist()
-    assert not any(ValSplit.for_corpus(runner.ws, files, 0.0).is_val(i) for i in ids)
+    again = ValSplit.for_corpus(runner.ws, files, ShardsConfig(val_fraction=0.25))
+    assert [again.is_val(i) for i in ids] == in_val.tolist()
+    assert not any(
+        ValSplit.for_corpus(runner.ws, files, ShardsConfig(val_fraction=0.0)).is_val(i) for i in ids
+    )
 
 
 def test_a_tokenizer_file_that_is_not_the_published_one_is_refused(built):

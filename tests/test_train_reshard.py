@@ -108,7 +108,7 @@ def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("reshard")
     return {
         ("fp32", 2, 1): run(root / "fp32-2w-z1", 2, 1),
-        ("bf16", 1, 0): run(root / "bf16-1w-z0", 1, 0, "bf16"),
+        ("bf16", 1, 1): run(root / "bf16-1w-z1", 1, 1, "bf16"),
     }
 
 
@@ -117,7 +117,7 @@ def written(tmp_path_factory):
     [
         (("fp32", 2, 1), 1, 0),  # fewer workers, no ZeRO
         (("fp32", 2, 1), 2, 3),  # the same workers, parameters partitioned too
-        (("bf16", 1, 0), 2, 2),  # more workers; DeepSpeed's unfused bf16 optimizer to ZeRO's
+        (("bf16", 1, 1), 2, 2),  # more workers; DeepSpeed's BF16_Optimizer (fp32 masters) to ZeRO's
     ],
 )
 def test_another_layout_loads_the_very_same_state_and_trains_on(written, tmp_path, source, world, stage):
@@ -131,7 +131,7 @@ def test_another_layout_loads_the_very_same_state_and_trains_on(written, tmp_pat
         assert largest_difference(state(f"{resumed}/step5"), state(f"{written[source]}/step5")) < 1e-4
 
 
-@pytest.mark.parametrize(("source", "world", "stage"), [(("fp32", 2, 1), 2, 1), (("bf16", 1, 0), 1, 0)])
+@pytest.mark.parametrize(("source", "world", "stage"), [(("fp32", 2, 1), 2, 1), (("bf16", 1, 1), 1, 1)])
 def test_the_same_layout_resumes_bit_for_bit(written, tmp_path, source, world, stage):
     resumed = run(tmp_path, world, stage, source[0], load_from=f"{written[source]}/step3", save_at=(5,))
     assert largest_difference(state(f"{resumed}/step5"), state(f"{written[source]}/step5")) == 0.0

@@ -214,7 +214,6 @@ def test_deepspeed_config_follows_ours():
     assert config["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": True}
     assert config["bf16"]["enabled"] and not config["fp16"]["enabled"]
     assert config["data_types"] == {"grad_accum_dtype": "fp32"}  # ZeRO adds bf16 gradients in fp32
-    assert "data_types" not in deepspeed_config(loop(zero_stage=0), 2, "bf16", "cuda")  # DDP bf16 path
     plain = deepspeed_config(loop(zero_stage=0), 2, "fp32", "cpu")
     assert plain["zero_optimization"] == {"stage": 0}
     assert not plain["bf16"]["enabled"] and not plain["fp16"]["enabled"]
@@ -252,17 +251,20 @@ def deepspeeds_optimizer_path(config: dict) -> str | None:
 def test_every_stage_and_precision_is_refused_up_front_or_accepted_by_deepspeed(
     zero_stage, precision, device
 ):
-    cfg = loop(zero_stage=zero_stage, precision=precision, use_gpu=device == "cuda", num_workers=1)
+    settings = dict(zero_stage=zero_stage, precision=precision, use_gpu=device == "cuda", num_workers=1)
+    if precision == "bf16" and zero_stage == 0:  # DeepSpeed would step bf16 weights, no fp32 masters
+        with pytest.raises(ValueError, match="without fp32 master weights"):
+            loop(**settings)
+        return
+    cfg = loop(**settings)
     if precision == "fp16" and device == "cpu":
         with pytest.raises(UserError, match=r"train\.precision"):
             check_combination(cfg)
         return
     check_combination(cfg)
     config = deepspeed_config(cfg, 1, precision, device)
-    if zero_stage == 0:  # DeepSpeed's own decision; ZeRO-0 bf16 raised NotImplementedError before
-        assert (
-            deepspeeds_optimizer_path(config) == {"fp32": None, "bf16": "ddp_bf16", "fp16": "fp16"}[precision]
-        )
+    if zero_stage == 0:  # DeepSpeed's own decision
+        assert deepspeeds_optimizer_path(config) == {"fp32": None, "fp16": "fp16"}[precision]
     elif precision == "bf16":  # ZeRO adds bf16 micro-batch gradients into fp32 (its masters)
         assert config["data_types"] == {"grad_accum_dtype": "fp32"}
 

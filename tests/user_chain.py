@@ -28,7 +28,10 @@ CHAIN = (
 
 def pipeline_args(workspace: Path, corpus: Path, *flags: str, sets: tuple[str, ...] = ()) -> list[str]:
     args = ["jobs/pipeline.py", "--config", "configs/demo.yaml", *flags]
-    for item in (*CHAIN, f"workspace={workspace}", f"corpus.inputs=[{corpus}]", *sets):
+    # The embedded default tracking store, named: a test before may have left MLFLOW_TRACKING_URI
+    # set (mlflow.set_tracking_uri sets it), which would win over the default.
+    tracking = f"mlflow.tracking_uri=sqlite:///{workspace}/mlflow.db"
+    for item in (*CHAIN, f"workspace={workspace}", tracking, f"corpus.inputs=[{corpus}]", *sets):
         args += ["--set", item]
     return args
 

@@ -13,6 +13,7 @@ from pipelines.config.sections import (
     ModelConfig,
     RayConfig,
     RefreshConfig,
+    RegistryConfig,
     Section,
     ShardsConfig,
     TokenizerConfig,
@@ -38,5 +39,6 @@ __all__ = [
     "FinetuneConfig",
     "GenerateConfig",
     "RefreshConfig",
+    "RegistryConfig",
     "Config",
 ]

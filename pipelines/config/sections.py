@@ -65,6 +65,11 @@ class CorpusConfig(Section):
     )
     filter_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     pii_redaction: bool = False  # replace e-mail and IP addresses with placeholders
+    # Decontamination: evaluation texts (paths, globs or URIs of JSONL with `text_field`, or .txt
+    # files, one document each); a document sharing one word n-gram with any is dropped
+    # (`contaminated`). The n is also that of the sampled n-gram index (index/ngrams).
+    decontaminate: list[str] = Field(default_factory=list)
+    decontaminate_ngram: int = Field(13, ge=1)  # the GPT-3 paper's 13-grams
     # Dedup: exact on the normalised text, fuzzy by MinHash LSH over word n-grams
     exact_dedup: bool = True
     fuzzy_dedup: bool = True
@@ -98,6 +103,9 @@ class TokenizerConfig(Section):
 
 class ShardsConfig(Section):
     val_fraction: float = Field(0.005, ge=0.0, lt=1.0)  # by a stable hash of the document id
+    # ...except a val candidate with at least this share of its word n-grams in the other
+    # documents: it goes to train (pipelines/shards/val_split.py); null: the hash alone decides
+    val_max_overlap: float | None = Field(0.5, gt=0, le=1)
     shard_tokens: int = Field(100_000_000, ge=1000)  # target tokens per shard file
     num_actors: int | None = Field(None, ge=1)  # tokenizer actors; None = one per cluster CPU
     # CPUs of the Ray task that writes the shard files (the encoded blocks stream to it, not to the
@@ -204,6 +212,21 @@ class LoopConfig(Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _bf16_has_masters(self):
+        # Without ZeRO, DeepSpeed's bf16 path (DDP_BFLOAT16) steps the bf16 weights themselves, with
+        # no fp32 master copy: small updates round away. On an H200 its 8-step loss curve strayed
+        # 1.7x the fp32 loss drop (ZeRO 2: 0.02x; bench/gpu_smoke.py). ZeRO 1 keeps fp32 masters
+        # (BF16_Optimizer) at the same communication volume.
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+        if bf16 and self.zero_stage == 0:
+            raise ValueError(
+                f"zero_stage=0 with precision={self.precision}"
+                + (" (bf16 on GPUs)" if self.precision == "auto" else "")
+                + " would train bf16 weights without fp32 master weights; use zero_stage >= 1 or precision=fp32"
+            )
+        return self
+
 
 class TrainConfig(LoopConfig):
     shards: str | None = None  # a shards directory; default: the pipeline's `shards` output
@@ -269,6 +292,19 @@ class RefreshConfig(Section):
     lock_stale_seconds: int = Field(900, ge=1)
 
 
+class RegistryConfig(Section):
+    """What registering a pretrained version checks before `champion` moves to it."""
+
+    # Evaluation sets (paths, globs, URIs of JSONL with corpus.text_field, or text files) whose
+    # overlap with the training split is measured besides the val split's
+    contamination_sets: list[str] = Field(default_factory=list)
+    # champion moves only when at most this share of val (and of each set's) documents are
+    # contaminated: at least contaminated_doc_share of their n-grams in the training split
+    # (pipelines/lineage/contamination.py)
+    max_contamination: float = Field(0.01, ge=0, le=1)
+    contaminated_doc_share: float = Field(0.5, gt=0, le=1)
+
+
 class Config(Section):
     workspace: str = "./workspace"
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -281,6 +317,7 @@ class Config(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     refresh: RefreshConfig = Field(default_factory=RefreshConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

@@ -1,9 +1,11 @@
 """Build a corpus from input files: the reusable core of the corpus stage (and of a refresh).
 
-    read -> extract -> normalise -> language -> quality -> PII -> MinHash   (Ray Data, streaming,
-                                                                           into _staging/*.parquet)
+    read -> extract -> normalise -> language -> quality -> PII -> decontaminate -> MinHash
+                                              (Ray Data, streaming, into _staging/*.parquet; the
+                                              eval n-gram table is read once, decontaminate.py)
     exact + fuzzy dedup, optionally against earlier corpora's index/       (Ray tasks, dedup.py)
-    data/, rejects/, index/, stats.json                                     (Ray tasks, publish.py)
+    index/ngrams, index/records of the kept documents                    (Ray tasks, kept_index.py)
+    data/, rejects/, stats.json                                           (Ray tasks, publish.py)
 
 The driver sees file names, object references and counts, never documents or signatures.
 """
@@ -18,8 +20,10 @@ from collections.abc import Callable
 
 from pipelines.config import CorpusConfig
 from pipelines.core.workspace import Workspace
+from pipelines.corpus import decontaminate
 from pipelines.corpus import index as corpus_index
 from pipelines.corpus.dedup import deduplicate
+from pipelines.corpus.kept_index import write_kept_index
 from pipelines.corpus.process import process_batch, warm_up
 from pipelines.corpus.publish import publish_file
 from pipelines.corpus.readers import ReadOptions, read_file
@@ -66,15 +70,22 @@ def sha256_refs(uris: list[str]) -> list:
     return [remote(sha256_input).options(num_cpus=0.25).remote(uri) for uri in uris]
 
 
-def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, staging: str) -> list[str]:
-    """The per-document steps with Ray Data; returns the staging Parquet files (workspace-relative)."""
+def process_documents(
+    ws: Workspace,
+    files: list[InputFile],
+    cfg: CorpusConfig,
+    staging: str,
+    evals: decontaminate.EvalHandle | None = None,
+) -> list[str]:
+    """The per-document steps with Ray Data; returns the staging Parquet files (workspace-relative).
+    `evals`: the eval n-gram table's decontaminate.EvalHandle (None: no decontamination)."""
     cfg_json, cpus = cfg.model_dump_json(), int(cluster_cpus())
     # Start a processor (Ray Data, the language model, the extractor) in a worker per CPU while the
     # driver imports Ray Data and plans, which takes one CPU for about a second. Each holds almost a
     # whole CPU, so Ray Data's first tasks wait for these warm workers instead of starting new
     # worker processes, which costs seconds of CPU on a small machine. 0.99, not 1: with no CPU
     # free at all Ray Data warns that the job will hang.
-    warm = [remote(warm_up).options(num_cpus=0.99).remote(cfg_json) for _ in range(cpus)]
+    warm = [remote(warm_up).options(num_cpus=0.99).remote(cfg_json, evals) for _ in range(cpus)]
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -108,7 +119,7 @@ def process_documents(ws: Workspace, files: list[InputFile], cfg: CorpusConfig, 
             process_batch,
             batch_format="pyarrow",
             batch_size=cfg.batch_docs,
-            fn_kwargs={"cfg_json": cfg_json},
+            fn_kwargs={"cfg_json": cfg_json, "evals": evals},
         )
         ds.write_parquet(ws.path(staging), filesystem=ws.fs)
     finally:
@@ -141,7 +152,8 @@ def build_corpus(
 
     started = time.perf_counter()
     threading.Thread(target=preload_plotting, daemon=True).start()
-    staged = process_documents(ws, files, cfg, staging)
+    evals = decontaminate.load(cfg, log)
+    staged = process_documents(ws, files, cfg, staging, evals)
     wall["documents"] = time.perf_counter() - started
     log(f"[corpus] {len(files)} input files -> {len(staged)} staging files in {wall['documents']:.1f}s")
 
@@ -164,9 +176,13 @@ def build_corpus(
     wall["dedup"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    write_kept_index(uri, staged, dedup.decisions, cfg.partitions, out_index)  # publish reads records
+    wall["kept_index"] = time.perf_counter() - started
+    started = time.perf_counter()
+    parts, originals = cfg.partitions, [out_index, *index_dirs]
     counts = ray.get(
         [
-            remote(publish_file).remote(f, uri, rel, out, *dedup.decisions[f % cfg.partitions])
+            remote(publish_file).remote(f, uri, rel, out, originals, parts, *dedup.decisions[f % parts])
             for f, rel in enumerate(staged)
         ]
     )

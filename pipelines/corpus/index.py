@@ -4,12 +4,20 @@
     index/exact/part-PPPPP.parquet       exact_hash uint64, doc int64     (partition of exact_hash)
     index/bands/part-PPPPP.parquet       bucket uint64, doc int64         (partition of bucket key)
     index/signatures/part-PPPPP.parquet  doc int64, sig list<uint32>[n]   (partition of doc)
+    index/ngrams/part-PPPPP.parquet      doc int64, hashes list<uint64>   (partition of doc)
+    index/records/part-PPPPP.parquet     doc int64, source, source_id     (partition of doc)
 
 `doc` is the document id as a number (id == f"{doc:016x}"); only kept documents are indexed. A
 new document's exact hash, band buckets or id fall in one partition each, so a prober reads the
 part files of the partitions it has rows for, and never a document. A refreshed corpus version
 (pipelines/refresh/stage.py) holds its parent's part files plus one `part-PPPPP-gNNNN.parquet` per
 partition for each refresh generation NNNN: a partition is all of its files.
+
+`ngrams` holds, per kept document, `sampled(ngram_hashes(text, n), keep_bits)`
+(pipelines/core/ngrams.py; n = corpus.decontaminate_ngram, keep_bits = NGRAM_KEEP_BITS, both in
+index.json): one in 2**keep_bits of its word n-grams, the same ones in every document, so two
+documents' samples intersect where their n-gram sets do. Other stages read it with
+core/ngrams.read_ngrams (the shards' val split, the contamination gate).
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from pipelines.config import CorpusConfig
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
 
-KINDS = ("exact", "bands", "signatures")
-INDEX_VERSION = 1
+KINDS = ("exact", "bands", "signatures", "ngrams", "records")
+INDEX_VERSION = 2  # 2: index/ngrams and index/records
+NGRAM_KEEP_BITS = 3  # index/ngrams keeps one n-gram in 8
 
 
 def settings(cfg: CorpusConfig) -> dict:
@@ -36,6 +45,7 @@ def settings(cfg: CorpusConfig) -> dict:
         "rows": cfg.rows,
         "minhash_seed": cfg.minhash_seed,
         "partitions": cfg.partitions,
+        "ngrams": {"n": cfg.decontaminate_ngram, "keep_bits": NGRAM_KEEP_BITS},
     }
 
 
@@ -99,5 +109,22 @@ def read_part(ws: Workspace, index_dirs: list[str], kind: str, part: int) -> dic
         if pa.types.is_fixed_size_list(column.type):
             out[name] = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
         else:
-            out[name] = column.to_numpy()
+            out[name] = column.to_numpy(zero_copy_only=False)  # strings (index/records) copy
     return out
+
+
+def records_of(ws: Workspace, index_dirs: list[str], docs: np.ndarray, parts: int) -> dict[int, tuple]:
+    """(source, source_id) of each kept document number in `docs`, from index/records of
+    `index_dirs` (read only the partitions `docs` fall in)."""
+    from pipelines.corpus.shuffle import partition_of
+
+    docs = np.unique(np.asarray(docs, np.int64))
+    found: dict[int, tuple] = {}
+    for part in np.unique(partition_of(docs.astype(np.uint64), parts)).tolist():
+        rows = read_part(ws, index_dirs, "records", int(part))
+        if rows is None:
+            continue
+        hit = np.isin(rows["doc"], docs)
+        for doc, source, source_id in zip(rows["doc"][hit], rows["source"][hit], rows["source_id"][hit]):
+            found[int(doc)] = (source, source_id)
+    return found

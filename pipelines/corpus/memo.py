@@ -3,8 +3,9 @@
 Two memos serve the document processor (process.py), each under one config:
 - pages: extraction and normalisation are pure functions of the raw record, so an exact copy of a
   page (a mirror, a re-crawl) is not parsed again;
-- texts: language id, the quality filters, PII redaction and MinHash are pure functions of the
-  normalised text, so a copy of a text (also one from a different page) takes their outcome.
+- texts: language id, the quality filters, PII redaction, decontamination and MinHash are pure
+  functions of the normalised text (and of the evaluation texts, fixed for a processor), so a
+  copy of a text (also one from a different page) takes their outcome.
 The outcome is the same either way: rejects keep their stage and reason, copies still reach exact
 dedup and are dropped there. Copies inside one batch wait for their first to be computed. A memo
 holds at most `max_entries` outcomes and `max_chars` of kept text (a reject's outcome holds no
@@ -32,6 +33,7 @@ TEXT_OUTCOME = (
     "exact_hash",
     "sig",
     "bands",
+    "ngrams",
 )
 
 

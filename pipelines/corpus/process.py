@@ -1,5 +1,5 @@
 """The per-document steps, run on Ray Data batches: extract -> normalise -> language -> quality
-filters -> PII -> MinHash. A record rejected by one step passes the later ones untouched, so each
+filters -> PII -> decontamination (and the sampled n-grams of index/ngrams) -> MinHash. A record rejected by one step passes the later ones untouched, so each
 batch keeps every record and each rejected record names its stage and reason. Extraction and
 normalisation depend on the raw record alone, the steps after them on the text alone, so an exact
 copy of a page or a text this worker has seen takes those steps' outcome from a memo (memo.py)
@@ -20,8 +20,11 @@ import pyarrow as pa
 import xxhash
 
 from pipelines.config import CorpusConfig
+from pipelines.core.ngrams import ngram_hashes, sampled
 from pipelines.corpus import filters as qf
+from pipelines.corpus.decontaminate import EvalHandle, EvalTable
 from pipelines.corpus.extract import ExtractTimeout, decode_html, extract_text
+from pipelines.corpus.index import NGRAM_KEEP_BITS
 from pipelines.corpus.langid import identify
 from pipelines.corpus.memo import PAGE_OUTCOME, TEXT_OUTCOME, OutcomeMemo, page_key, text_key
 from pipelines.corpus.minhash import MinHasher, words
@@ -41,8 +44,8 @@ def _reject(row: dict, stage: str, reason: str, detail: str | None = None) -> No
 class DocumentProcessor:
     """Built once per worker process and config (see `_processor`)."""
 
-    def __init__(self, cfg: CorpusConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: CorpusConfig, evals: EvalTable | None = None):
+        self.cfg, self.evals = cfg, evals
         self.filters = qf.make_filters(cfg.filters, cfg.filter_params)
         self.hasher = minhasher(cfg)
         self.pages = OutcomeMemo(PAGE_OUTCOME, page_key)
@@ -54,6 +57,7 @@ class DocumentProcessor:
             ("language", self.language),
             ("quality", self.quality),
             ("pii", self.pii),
+            ("decontaminate", self.decontaminate),
             ("minhash", self.minhash),
         ]
 
@@ -67,7 +71,7 @@ class DocumentProcessor:
             memo.settle(fresh, waiting)
         for row in rows:
             if row["reason"] is not None:  # rejected: keep the record, not its payload
-                row.update(text=None, exact_hash=None, sig=None, bands=None)
+                row.update(text=None, exact_hash=None, sig=None, bands=None, ngrams=None)
         return pa.Table.from_pylist(rows, schema=STAGING_SCHEMA)
 
     def _run(self, steps, rows: list[dict], todo: list[dict]) -> None:
@@ -135,6 +139,18 @@ class DocumentProcessor:
             if self.cfg.pii_redaction:
                 row["text"], row["pii_redactions"] = redact(row["text"])
 
+    def decontaminate(self, rows: list[dict]) -> None:
+        """The n-grams of the text (as published: after PII redaction): a hit in the eval table is a
+        reject; a sample of them is what index/ngrams keeps of the document."""
+        hashes = [ngram_hashes(row["text"], self.cfg.decontaminate_ngram) for row in rows]
+        for row, h in zip(rows, hashes):
+            row["ngrams"] = sampled(h, NGRAM_KEEP_BITS)
+        if self.evals is None:
+            return
+        for row, hit in zip(rows, self.evals.matches(hashes)):
+            if hit:
+                _reject(row, "decontaminate", "contaminated", hit)
+
     def minhash(self, rows: list[dict]) -> None:
         word_lists = [words(r["text"]) for r in rows]
         sigs = self.hasher.signatures_of_words(word_lists)
@@ -146,20 +162,21 @@ class DocumentProcessor:
 
 
 @functools.lru_cache(maxsize=4)
-def _processor(cfg_json: str) -> DocumentProcessor:
-    """One processor per worker process and config: the language model and filters load once."""
-    return DocumentProcessor(CorpusConfig.model_validate_json(cfg_json))
+def _processor(cfg_json: str, evals: EvalHandle | None = None) -> DocumentProcessor:
+    """One processor per worker process, config and eval table (its memo holds outcomes under
+    both): the language model, filters and eval table load once."""
+    return DocumentProcessor(CorpusConfig.model_validate_json(cfg_json), evals.load() if evals else None)
 
 
-def warm_up(cfg_json: str) -> None:
+def warm_up(cfg_json: str, evals: EvalHandle | None = None) -> None:
     """Build this process's processor and run its models once (imports, language model, extractor),
     and import Ray Data, which every task it runs here needs first."""
     import ray.data  # noqa: F401
 
-    processor = _processor(cfg_json)
+    processor = _processor(cfg_json, evals)
     identify(["warm up"])
     extract_text("<p>warm up</p>", processor.cfg.extractor, 0)
 
 
-def process_batch(batch: pa.Table, cfg_json: str) -> pa.Table:
-    return _processor(cfg_json)(batch)
+def process_batch(batch: pa.Table, cfg_json: str, evals: EvalHandle | None = None) -> pa.Table:
+    return _processor(cfg_json, evals)(batch)

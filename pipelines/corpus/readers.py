@@ -25,6 +25,7 @@ from pipelines.corpus.streams import CorruptInput, InputStream
 
 BATCH_BYTES = 32 << 20  # flush a batch early when its raw bytes pass this
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+FILE_KEY = "#file"  # the record key of a reject that stands for the whole file (no record id)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class _Batcher:
             {
                 "key": doc_key(self.source, record_key),
                 "source": self.source,
+                "source_id": None if record_key == FILE_KEY else str(record_key),
                 "url": url,
                 "format": fmt,
                 "raw": raw,
@@ -88,7 +90,7 @@ def read_file(uri: str, opts: ReadOptions, name: str | None = None) -> Iterator[
     except (EOFError, CorruptInput, zlib.error, OSError, ValueError, pa.ArrowInvalid) as exc:
         name = posixpath.basename(uri)
         what = "truncated_file" if isinstance(exc, (EOFError, CorruptInput)) else "corrupt_file"
-        batch.add("#file", "text", reason=what, detail=f"{name}: {type(exc).__name__}: {exc}"[:500])
+        batch.add(FILE_KEY, "text", reason=what, detail=f"{name}: {type(exc).__name__}: {exc}"[:500])
     last = batch.flush()
     if last is not None:
         yield last
@@ -144,7 +146,7 @@ def _parquet(uri, compression, opts: ReadOptions, batch: _Batcher):
     names = set(pf.schema_arrow.names)
     if opts.text_field not in names:
         detail = f"{posixpath.basename(uri)}: no column {opts.text_field!r}"
-        batch.add("#file", "text", reason="missing_text", detail=detail)
+        batch.add(FILE_KEY, "text", reason="missing_text", detail=detail)
         yield
         return
     columns = [c for c in (opts.text_field, opts.id_field, opts.url_field) if c and c in names]

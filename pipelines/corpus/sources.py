@@ -61,12 +61,12 @@ def file_format(name: str) -> tuple[str, str | None] | None:
     return fmt, compression
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str, key: str = KEY) -> tuple[pafs.FileSystem, str]:
     if "://" in uri and not uri.startswith("file://"):
         try:
             return pafs.FileSystem.from_uri(uri)
         except Exception as exc:  # noqa: BLE001 - any pyarrow error means the URI is unusable
-            raise UserError(f"{KEY}: cannot open {uri!r}: {exc}") from None
+            raise UserError(f"{key}: cannot open {uri!r}: {exc}") from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
 
 
@@ -76,8 +76,8 @@ def _uri(fs: pafs.FileSystem, pattern: str, path: str) -> str:
     return f"{pattern.split('://', 1)[0]}://{path}"
 
 
-def _expand(pattern: str) -> list[InputFile]:
-    fs, path = filesystem(pattern)
+def _expand(pattern: str, key: str = KEY) -> list[InputFile]:
+    fs, path = filesystem(pattern, key)
     has_glob = any(ch in path for ch in "*?[")
     if isinstance(fs, pafs.LocalFileSystem) and has_glob:
         candidates = sorted(glob.glob(path, recursive=True))
@@ -101,23 +101,23 @@ def _expand(pattern: str) -> list[InputFile]:
     for info in found:
         if file_format(info.base_name) is None:
             raise UserError(
-                f"{KEY}: {_uri(fs, pattern, info.path)}: unknown format (expected .jsonl/.json[.gz|.zst], "
+                f"{key}: {_uri(fs, pattern, info.path)}: unknown format (expected .jsonl/.json[.gz|.zst], "
                 ".parquet, .txt[.gz], .html, .warc[.gz])"
             )
         files.append(InputFile(_uri(fs, pattern, info.path), int(info.size), info.mtime_ns))
     return files
 
 
-def resolve(patterns: list[str]) -> list[InputFile]:
+def resolve(patterns: list[str], key: str = KEY) -> list[InputFile]:
     """Every input file, sorted and without repeats, with its name below the inputs' root; a
-    UserError for a pattern that matches nothing."""
+    UserError (naming config key `key`) for a pattern that matches nothing."""
     if not patterns:
-        raise UserError(f"config key '{KEY}' is empty: give paths, globs or URIs of the raw corpus")
+        raise UserError(f"config key '{key}' is empty: give paths, globs or URIs of the raw corpus")
     files: dict[str, InputFile] = {}
     for pattern in patterns:
-        matched = _expand(pattern)
+        matched = _expand(pattern, key)
         if not matched:
-            raise UserError(f"config key '{KEY}': {pattern!r} matches no file")
+            raise UserError(f"config key '{key}': {pattern!r} matches no file")
         for f in matched:
             files.setdefault(f.uri, f)
     root = input_root(patterns)

@@ -4,7 +4,8 @@ Output: <workspace>/corpus/<fingerprint[:12]>/ (that 12-hex id is the corpus ver
 rejects/, index/, stats.json, funnel.png and, written last by the runner, manifest.json holding
 "stats", "kept_docs", "index" (the dedup settings a refresh must share) and "input_files"
 (uri, bytes, mtime_ns, sha256 of every input file: what a refresh compares to find files not yet
-processed).
+processed). The fingerprint also holds the identities of the `corpus.decontaminate` eval files,
+which are checked (they resolve and open) at planning time.
 """
 
 from __future__ import annotations
@@ -15,13 +16,24 @@ from pipelines.core.workspace import Workspace
 
 
 def input_identity(cfg: Config, ws: Workspace) -> list:
-    """Fingerprint input: every input file's URI, size and mtime (and the demo generator's id)."""
-    from pipelines.corpus import demo, sources
+    """Fingerprint input: every input file's URI, size and mtime (and the demo generator's id), and
+    those of the eval files when there are any."""
+    from pipelines.corpus import decontaminate, demo, sources
 
-    return [
+    identity = [
         demo.identity(item) if isinstance(item, str) and item.startswith(sources.DEMO_PREFIX) else item
         for item in sources.identity(cfg.corpus.inputs)
     ]
+    if cfg.corpus.decontaminate:
+        identity.append({"decontaminate": decontaminate.identity(cfg.corpus)})
+    return identity
+
+
+def preflight(cfg: Config, ws: Workspace, published: dict) -> None:
+    """At planning time: the eval files resolve and open (a one-line UserError naming the key)."""
+    from pipelines.corpus import decontaminate
+
+    decontaminate.check_readable(cfg.corpus)
 
 
 def input_files(ctx: StageContext) -> list:
@@ -90,6 +102,7 @@ def corpus_stage() -> Stage:
         run,
         sections=("corpus",),
         fingerprint_extra=input_identity,
+        preflight=preflight,
         needs_ray=False,  # run() starts Ray itself, once the inputs are known to exist
         summary="clean and deduplicate raw web text into a corpus version",
     )

@@ -16,7 +16,10 @@ def combine(file_counts: list[dict], dedup_stats: dict, input_bytes: int, wall: 
     dropped: Counter = Counter()
     by_stage: Counter = Counter()
     worker: Counter = Counter()
+    by_source: dict[str, Counter] = {}
     for c in file_counts:
+        for source, counts in c["by_source"].items():
+            by_source.setdefault(source, Counter()).update(counts)
         dropped.update(c["dropped"])
         by_stage.update(c["dropped_by_stage"])
         worker.update(c["seconds"])
@@ -25,6 +28,7 @@ def combine(file_counts: list[dict], dedup_stats: dict, input_bytes: int, wall: 
     seconds = {
         **{s: worker[s] for s in ("read", "extract", "normalize", "language")},
         "quality": worker["quality"] + worker["pii"],
+        "decontaminate": worker["decontaminate"],  # with the n-gram hashes of index/ngrams
         "dedup_exact": dedup_stats.get("exact", {}).get("seconds", 0.0),
         "dedup_fuzzy": dedup_stats.get("fuzzy", {}).get("seconds", 0.0) + worker["minhash"],
     }
@@ -40,6 +44,8 @@ def combine(file_counts: list[dict], dedup_stats: dict, input_bytes: int, wall: 
         "stages": stages,
         "input_bytes": input_bytes,
         "kept_chars": sum(c["kept_chars"] for c in file_counts),
+        # per input file (its name below the inputs' root): records read and documents kept
+        "by_source": {s: dict(by_source[s]) for s in sorted(by_source)},
         # exact copies of a page or a text whose outcome came from a worker's memo (memo.py)
         "recalled_docs": sum(c["recalled_docs"] for c in file_counts),
         "dedup": {k: {n: v for n, v in d.items() if n != "seconds"} for k, d in dedup_stats.items()},
@@ -66,7 +72,7 @@ def funnel_png(stats: dict) -> bytes:
     preload_plotting()
     import matplotlib.pyplot as plt
 
-    stages = stats["stages"]
+    stages = {n: stats["stages"][n] for n in STAGES if n in stats["stages"]}  # funnel order, not JSON's
     reasons = sorted(stats["dropped"].items(), key=lambda kv: -kv[1])[:15]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 1.3]})
     names = ["input", *stages]

@@ -202,6 +202,10 @@ def render(lineage: dict[str, Any], indent: str = "") -> list[str]:
     lines = [
         f"{indent}model      {named}: {model['stage']}, {model['steps']} steps, val {val.get('bits_per_byte', float('nan')):.4f} bpb, {model['dir']}"
     ]
+    gate = (reg or {}).get("gate") or {}
+    if gate.get("decision"):
+        measured = f" (contamination {float(gate['contamination']):.1%})" if "contamination" in gate else ""
+        lines.append(f"{indent}gate       {gate['decision']}{measured}")
     if run:
         lines.append(
             f"{indent}run        {run['id']} ({run.get('name')}) in experiment {run.get('experiment')!r}, {run.get('status')}"

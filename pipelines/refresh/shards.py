@@ -1,11 +1,12 @@
 """Shards for a refreshed corpus version: the parent shards' files plus the new documents' tokens.
 
-The parent's `train-*.arrow` / `val-*.arrow` files are hard-linked into the new directory (never
-rewritten: their sha256 in the manifest stays what it was); only the new documents are tokenized,
-with the parent's tokenizer and settings, into files numbered after the parent's. A new document
-goes to val by the same stable hash of its id as in the shards stage, so the split of every older
-document stays where it was. The manifest has the shards stage's layout (gpt2core/data.py and
-`train.shards` read it as any other) plus `parent` and `refresh`.
+The parent's `train-*.arrow` / `val-*.arrow` files and their document indexes (`*.docs.parquet`)
+are hard-linked into the new directory (never rewritten: their sha256 in the manifest stays what it
+was); only the new documents are tokenized, with the parent's tokenizer and settings, into files
+numbered after the parent's, each with its own index. A new document goes to val by the same
+stable hash of its id as in the shards stage, so the split of every older document stays where it
+was. The manifest has the shards stage's layout (gpt2core/data.py and `train.shards` read it as
+any other) plus `parent` and `refresh`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pipelines.config import Config, ShardsConfig
 from pipelines.core.manifest import fingerprint, input_entry, manifest_digest, publish
 from pipelines.core.workspace import Workspace
 from pipelines.refresh.lineage import SHARDS_ROOT, Version
-from pipelines.shards.stage import SPLITS, TokenizerFile, ValSplit, WrittenShards, write_shards
+from pipelines.shards.stage import SPLITS, TokenizerFile, WrittenShards, write_shards
+from pipelines.shards.val_split import ValSplit
 
 
 def extend_shards(
@@ -48,14 +50,17 @@ def extend_shards(
 
     data_files = corpus.manifest["refresh"]["data_files"]
     new = WrittenShards({s: {"files": [], "tokens": 0, "docs": 0, "bytes": 0} for s in SPLITS}, 0, {})
+    val_split = ValSplit(0)
     if corpus.manifest["refresh"]["stats"]["kept_docs"]:  # else every new document was a duplicate
+        # the parent's val is not empty: no forced document
+        val_split = ValSplit.for_corpus(ws, data_files, settings, corpus.dir, log, force_one=False)
         new = write_shards(
             ws,
             out,
             data_files,
             model,
             parent.manifest["dtype"],
-            ValSplit(int(settings.val_fraction * 2**64)),  # no forced doc: the parent's val is not empty
+            val_split,
             settings,
             first_index={s: len(old_splits[s]["files"]) for s in SPLITS},
         )
@@ -68,7 +73,8 @@ def extend_shards(
     }
     new_tokens = sum(new.splits[s]["tokens"] for s in SPLITS)
     seconds = time.perf_counter() - started
-    log(f"[refresh] shards {ws.full_uri(out)}: +{new_tokens} tokens in {len(new.files)} new files")
+    new_shard_files = sum(len(new.splits[s]["files"]) for s in SPLITS)
+    log(f"[refresh] shards {ws.full_uri(out)}: +{new_tokens} tokens in {new_shard_files} new files")
     manifest = publish(
         ws,
         out,
@@ -85,6 +91,7 @@ def extend_shards(
             "dtype": parent.manifest["dtype"],
             "splits": splits,
             "empty_docs": parent.manifest.get("empty_docs", 0) + new.empty_docs,
+            "val_to_train": parent.manifest.get("val_to_train", 0) + len(val_split.to_train),
             "parent": {"dir": parent.dir, "digest": manifest_digest(parent.manifest)},
             "refresh": {
                 "new_tokens": new_tokens,
@@ -98,8 +105,10 @@ def extend_shards(
 
 
 def _link_parent_files(ws: Workspace, parent: Version, out: str) -> dict:
-    """The parent's shard files, linked (or copied) into `out` unchanged; returns its splits."""
+    """The parent's shard files and their document indexes (shards from before the index have
+    none), linked (or copied) into `out` unchanged; returns its splits."""
     for split in SPLITS:
         for f in parent.manifest["splits"][split]["files"]:
-            ws.link(posixpath.join(parent.dir, f["name"]), posixpath.join(out, f["name"]))
+            for name in filter(None, (f["name"], f.get("doc_index"))):
+                ws.link(posixpath.join(parent.dir, name), posixpath.join(out, name))
     return parent.manifest["splits"]

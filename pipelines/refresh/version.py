@@ -39,15 +39,18 @@ def tagged(rel: str, generation: int) -> str:
 
 
 def version_fingerprint(cfg: Config, parent: Version, new: list[InputFile], digests: dict[str, str]) -> str:
-    return fingerprint(
-        {
-            "stage": "corpus",
-            "project": __version__,
-            "refresh_of": {"dir": parent.dir, "fingerprint": parent.manifest["fingerprint"]},
-            "corpus": corpus_settings(cfg.corpus.model_dump(mode="json")),
-            "files": [[f.uri, f.size, digests[f.uri]] for f in new],
-        }
-    )
+    from pipelines.corpus import decontaminate
+
+    spec = {
+        "stage": "corpus",
+        "project": __version__,
+        "refresh_of": {"dir": parent.dir, "fingerprint": parent.manifest["fingerprint"]},
+        "corpus": corpus_settings(cfg.corpus.model_dump(mode="json")),
+        "files": [[f.uri, f.size, digests[f.uri]] for f in new],
+    }
+    if cfg.corpus.decontaminate:  # the eval files' identities, as in the corpus stage's fingerprint
+        spec["decontaminate"] = decontaminate.identity(cfg.corpus)
+    return fingerprint(spec)
 
 
 def build_version(

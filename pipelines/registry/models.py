@@ -217,9 +217,17 @@ def _figures_of(data: Gate, candidate: str | DirRef, champion_uri: str | None, t
         return data.figures(as_local(candidate), champion_dir)
 
 
-def champion_gate(name: str, version: str, candidate: str | DirRef, data: Gate) -> dict[str, Any]:
-    """Evaluate the new version against the champion; move `champion` if it is better. Returns the
-    figures and the decision, which are also set as tags `gate.*` on the new version."""
+def champion_gate(
+    name: str,
+    version: str,
+    candidate: str | DirRef,
+    data: Gate,
+    contamination: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the new version against the champion; move `champion` if it is better and, when
+    `contamination` is given ({"figures": lineage.contamination.measure's, "refused": why not, or
+    None}), clean enough. Returns the figures and the decision, also set as tags `gate.*` on the
+    new version."""
     import mlflow
     import ray
 
@@ -227,11 +235,15 @@ def champion_gate(name: str, version: str, candidate: str | DirRef, data: Gate) 
     champion_uri = f"models:/{name}/{champion.version}" if champion is not None else None
     task = ray.remote(num_cpus=data.num_cpus, num_gpus=data.num_gpus)(_figures_of)
     figures = ray.get(task.remote(data, candidate, champion_uri, mlflow.get_tracking_uri()))
-    promote = figures["champion_bpb"] is None or figures["candidate_bpb"] < figures["champion_bpb"]
+    better = figures["champion_bpb"] is None or figures["candidate_bpb"] < figures["champion_bpb"]
+    refused = (contamination or {}).get("refused")
+    promote = better and refused is None
     decision = {
         **figures,
         "champion_version": champion.version if champion is not None else None,
         "promoted": promote,
+        "contamination": (contamination or {}).get("figures"),
+        "refused": refused,
     }
     client = mlflow.MlflowClient()
     if promote:
@@ -240,9 +252,13 @@ def champion_gate(name: str, version: str, candidate: str | DirRef, data: Gate) 
         "gate.candidate_bpb": f"{figures['candidate_bpb']:.6f}",
         "gate.champion_bpb": "none" if figures["champion_bpb"] is None else f"{figures['champion_bpb']:.6f}",
         "gate.champion_version": str(decision["champion_version"] or "none"),
-        "gate.decision": "promoted to champion" if promote else "kept the champion",
+        "gate.decision": "promoted to champion"
+        if promote
+        else f"kept the champion{': ' + refused if refused else ''}",
         "gate.val_data": data.val_data,
     }
+    if decision["contamination"] is not None:
+        tags["gate.contamination"] = f"{decision['contamination']['max']:.6f}"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return decision

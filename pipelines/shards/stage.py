@@ -7,7 +7,12 @@ that each load the tokenizer once and encode a batch of documents per call; one 
 (`shards.writer_cpus`) receives the encoded blocks in corpus order and streams them into the shard
 files, so the output is the same for the same input and no process holds the corpus. A document
 goes to `val` when a stable hash of its id falls below `shards.val_fraction`, so a document keeps
-its split as the corpus grows.
+its split as the corpus grows, unless most of its text is in training documents (val_split.py).
+
+Beside each shard file lies its document index, train-00000.docs.parquet ...: one row per document
+of the file, in file order, with the document's id, source and source_id and its token range
+[start, stop) in the file, EOS included (doc_index.py reads it; jobs/lineage.py --doc uses it). The
+manifest names each file's index (`doc_index` in its splits entry) and checksums both files.
 """
 
 from __future__ import annotations
@@ -20,21 +25,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpt2core.data import TOKENS_COLUMN, token_dtype
 from gpt2core.tokenizer import encode_lossless, load_sentencepiece
 from pipelines.config import ShardsConfig
-from pipelines.core.hashing import stable_hash
-from pipelines.core.manifest import sha256_file
-from pipelines.core.outputs import CorpusOutput, TokenizerOutput, iter_corpus_batches
+from pipelines.core.manifest import file_entry
+from pipelines.core.outputs import CorpusOutput, TokenizerOutput
 from pipelines.core.workflow import Stage, StageContext
 from pipelines.core.workspace import Workspace
 from pipelines.errors import UserError
+from pipelines.shards.doc_index import DOC_COLUMNS, index_name, write_doc_index
+from pipelines.shards.val_split import ValSplit
 
 ENCODE_BATCH_DOCS = 256  # documents per actor call: large enough to amortise the call
 BLOCK_BYTES = 4 << 20  # target size of the Ray Data blocks of text read from the corpus
 WRITE_BATCH_TOKENS = 1 << 22  # tokens per Arrow record batch in a shard file
 SPLITS = ("train", "val")
+# What is read of the corpus. Explicit, so that a data file from before `source_id` (an older
+# corpus, or its files linked into a refreshed version) reads it as nulls.
+CORPUS_COLUMNS = pa.schema(
+    [("id", pa.string()), ("text", pa.large_string()), ("source", pa.string()), ("source_id", pa.string())]
+)
 
 
 def shards_stage() -> Stage:
@@ -55,7 +68,7 @@ def run_shards(ctx: StageContext) -> dict[str, Any]:
     model.load()  # fail here, before any actor starts, when the file is not the published one
     files = corpus.data_files(ctx.ws)
     dtype = token_dtype(tokenizer.vocab_size)
-    val_split = ValSplit.for_corpus(ctx.ws, files, ctx.cfg.shards.val_fraction)
+    val_split = ValSplit.for_corpus(ctx.ws, files, ctx.cfg.shards, corpus.dir, ctx.log)
     written = write_shards(ctx.ws, ctx.out, files, model, dtype, val_split, ctx.cfg.shards)
     splits, empty_docs = written.splits, written.empty_docs
     if not splits["train"]["docs"]:
@@ -76,6 +89,7 @@ def run_shards(ctx: StageContext) -> dict[str, Any]:
         "dtype": dtype,
         "splits": splits,
         "empty_docs": empty_docs,  # documents with no tokens: counted, not written
+        "val_to_train": len(val_split.to_train),  # val by their hash, but mostly training text
         "tokens_per_second": round(tokens / seconds),
         "files": written.files,
     }
@@ -85,7 +99,7 @@ def run_shards(ctx: StageContext) -> dict[str, Any]:
 class WrittenShards:
     splits: dict[str, dict[str, Any]]  # per split: files, tokens, docs, bytes (the manifest's "splits")
     empty_docs: int
-    files: dict[str, dict[str, Any]]  # name -> {bytes, sha256} (the manifest's "files")
+    files: dict[str, dict[str, Any]]  # name -> {bytes, sha256} of token files and indexes (manifest "files")
 
 
 def write_shards(
@@ -98,7 +112,7 @@ def write_shards(
     cfg: ShardsConfig,
     first_index: dict[str, int] | None = None,
 ) -> WrittenShards:
-    """Tokenize the corpus data `files` into `<out>/<split>-NNNNN.arrow`, numbered from
+    """Tokenize the corpus data `files` into `<out>/<split>-NNNNN.arrow` (+ .docs.parquet), numbered from
     first_index[split] (a refresh appends to its parent's files). A Ray task of
     `shards.writer_cpus` CPUs consumes the encoded blocks and writes the files."""
     from pipelines.runtime.ray import autoscaler_node_groups, cluster_cpus, run_as_task
@@ -127,11 +141,7 @@ def _write_shards(ws, out, files, model, dtype, val_split, cfg: ShardsConfig, fi
     return WrittenShards(
         {name: writer.finish() for name, writer in writers.items()},
         empty_docs,
-        {
-            f["name"]: {"bytes": f["file_bytes"], "sha256": f["sha256"]}
-            for w in writers.values()
-            for f in w.written
-        },
+        {name: entry for w in writers.values() for name, entry in w.checksums.items()},
     )
 
 
@@ -150,30 +160,6 @@ class TokenizerFile:
         return load_sentencepiece(model)
 
 
-@dataclass(frozen=True)
-class ValSplit:
-    """Which documents are validation: stable_hash(id, "val") below a threshold.
-
-    When that picks none although val_fraction > 0 (a small corpus), the document with the smallest
-    hash goes to val anyway, so evaluation always has data.
-    """
-
-    threshold: int
-    forced_id: str | None = None
-
-    def is_val(self, doc_id: str) -> bool:
-        return stable_hash(doc_id, "val") < self.threshold or doc_id == self.forced_id
-
-    @classmethod
-    def for_corpus(cls, ws: Workspace, files: list[str], fraction: float) -> ValSplit:
-        threshold = int(fraction * 2**64)
-        if not threshold:
-            return cls(0)
-        ids = (i for batch in iter_corpus_batches(ws, files, ["id"]) for i in batch.column(0).to_pylist())
-        key, first = min(((stable_hash(i, "val"), i) for i in ids), default=(0, None))
-        return cls(threshold, first if key >= threshold else None)
-
-
 # --- the Ray Data part ---------------------------------------------------------------------------
 def encoded_blocks(
     ws: Workspace,
@@ -183,13 +169,13 @@ def encoded_blocks(
     val_split: ValSplit,
     num_actors: int | None,
 ):
-    """Blocks of (val, bytes, tokens) rows, one row per document, in corpus order."""
+    """Blocks of (val, bytes, tokens, id, source, source_id) rows, one row per document, in corpus order."""
     import ray
 
     from pipelines.runtime.ray import cluster_cpus
 
-    ds = ray.data.read_parquet([ws.path(f) for f in files], filesystem=ws.fs)
-    ds = ds.select_columns(["id", "text"])
+    ds = ray.data.read_parquet([ws.path(f) for f in files], filesystem=ws.fs, schema=CORPUS_COLUMNS)
+    ds = ds.select_columns(CORPUS_COLUMNS.names)
     ds.context.execution_options.preserve_order = True  # same input, same shard bytes
     # Small blocks (the default is 128 MiB): every actor gets work at once, and the driver writes
     # shards while the actors encode, instead of one block holding a whole small corpus.
@@ -209,7 +195,8 @@ def encoded_blocks(
 
 
 class DocumentEncoder:
-    """A Ray Data actor: loads the tokenizer once, then encodes batches of documents."""
+    """A Ray Data actor: loads the tokenizer once, then encodes batches of documents (their
+    DOC_COLUMNS pass through, for the document index)."""
 
     def __init__(self, model: TokenizerFile, dtype: str, val_split: ValSplit):
         self.sp = model.load()
@@ -217,9 +204,6 @@ class DocumentEncoder:
         self.val_split = val_split
 
     def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         texts = batch.column("text").fill_null("")
         ids = encode_lossless(self.sp, texts.to_pylist())
         eos = self.sp.eos_id()
@@ -234,6 +218,7 @@ class DocumentEncoder:
                 "val": [self.val_split.is_val(i) for i in batch.column("id").to_pylist()],
                 "bytes": pc.binary_length(texts).cast(pa.int64()),
                 "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                **{c: batch.column(c) for c in DOC_COLUMNS},
             }
         )
 
@@ -241,46 +226,46 @@ class DocumentEncoder:
 # --- writing shards ------------------------------------------------------------------------------
 def write_block(block: Any, writers: dict[str, SplitWriter]) -> int:
     """Append a block's documents to their splits' writers; returns how many were empty."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     tokens = block.column("tokens").combine_chunks()
     lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
     nbytes = block.column("bytes").to_numpy()
     is_val = block.column("val").to_numpy()
+    docs = block.select(list(DOC_COLUMNS))
     for name, in_split in (("train", ~is_val), ("val", is_val)):
         keep = in_split & (lengths > 0)
         if keep.any():
             values = tokens.filter(pa.array(keep)).flatten().to_numpy()
-            writers[name].add(values, lengths[keep], nbytes[keep])
+            writers[name].add(values, docs.filter(pa.array(keep)), lengths[keep], nbytes[keep])
     return int((lengths == 0).sum())
 
 
 class SplitWriter:
-    """Writes one split's documents into `<split>-NNNNN.arrow` files of about `shard_tokens` tokens.
+    """Writes one split's documents into `<split>-NNNNN.arrow` files of about `shard_tokens` tokens,
+    and as each file closes, its document index `<split>-NNNNN.docs.parquet`.
 
     A document never straddles two files: a file closes after the document that fills it, so files
-    hold at least `shard_tokens` tokens (the last one less) and exact per-file document counts.
+    hold at least `shard_tokens` tokens (the last one less), exact per-file document counts, and an
+    index whose token ranges tile the file.
     """
 
     def __init__(
         self, ws: Workspace, out: str, split: str, dtype: str, shard_tokens: int, first_index: int = 0
     ):
-        import pyarrow as pa
-
         self.ws, self.out, self.split, self.shard_tokens = ws, out, split, shard_tokens
         self.first_index = first_index  # number of the first file written (a refresh continues its parent's)
         ws.makedirs(out)
         self.schema = pa.schema(
             [pa.field(TOKENS_COLUMN, pa.from_numpy_dtype(np.dtype(dtype)), nullable=False)]
         )
-        self.written: list[dict[str, Any]] = []
+        self.written: list[dict[str, Any]] = []  # the closed files' entries in the manifest's "splits"
+        self.checksums: dict[str, dict[str, Any]] = {}  # name -> {bytes, sha256}: token files and indexes
         self._writer = self._sink = None
         self._pending: list[np.ndarray] = []
-        self._file = {"tokens": 0, "docs": 0, "bytes": 0}
+        self._reset_file()
 
-    def add(self, tokens: np.ndarray, doc_tokens: np.ndarray, doc_bytes: np.ndarray) -> None:
-        """Append documents: their tokens back to back, and each one's token and byte count."""
+    def add(self, tokens: np.ndarray, docs: Any, doc_tokens: np.ndarray, doc_bytes: np.ndarray) -> None:
+        """Append documents: their tokens back to back, their DOC_COLUMNS (a pyarrow Table) and each
+        one's token and byte count."""
         ends = np.cumsum(doc_tokens)
         first = 0
         while first < len(ends):
@@ -288,7 +273,12 @@ class SplitWriter:
             room = self.shard_tokens - self._file["tokens"]
             filler = int(np.searchsorted(ends, start + room))  # the document that fills the file
             stop = min(filler + 1, len(ends))
-            self._append(tokens[start : ends[stop - 1]], stop - first, int(doc_bytes[first:stop].sum()))
+            self._append(
+                tokens[start : ends[stop - 1]],
+                docs.slice(first, stop - first),
+                doc_tokens[first:stop],
+                int(doc_bytes[first:stop].sum()),
+            )
             if filler < len(ends):
                 self._close()
             first = stop
@@ -296,13 +286,11 @@ class SplitWriter:
     def finish(self) -> dict[str, Any]:
         """Close the open file; the split's summary for the manifest."""
         self._close()
-        files = [{k: f[k] for k in ("name", "tokens", "docs", "bytes", "sha256")} for f in self.written]
-        return {"files": files, **{k: sum(f[k] for f in files) for k in ("tokens", "docs", "bytes")}}
+        totals = {k: sum(f[k] for f in self.written) for k in ("tokens", "docs", "bytes")}
+        return {"files": self.written, **totals}
 
-    def _append(self, tokens: np.ndarray, docs: int, nbytes: int) -> None:
+    def _append(self, tokens: np.ndarray, docs: Any, doc_tokens: np.ndarray, nbytes: int) -> None:
         if self._writer is None:
-            import pyarrow as pa
-
             self._name = f"{self.split}-{self.first_index + len(self.written):05d}.arrow"
             self._sink = self.ws.fs.open_output_stream(
                 self.ws.path(posixpath.join(self.out, self._name)), compression=None
@@ -311,17 +299,17 @@ class SplitWriter:
                 self._sink, self.schema, options=pa.ipc.IpcWriteOptions(compression=None)
             )
         self._pending.append(tokens)
+        self._docs.append(docs)
+        self._doc_tokens.append(doc_tokens)
         self._file = {
             "tokens": self._file["tokens"] + len(tokens),
-            "docs": self._file["docs"] + docs,
+            "docs": self._file["docs"] + len(doc_tokens),
             "bytes": self._file["bytes"] + nbytes,
         }
         if sum(len(p) for p in self._pending) >= WRITE_BATCH_TOKENS:
             self._flush()
 
     def _flush(self) -> None:
-        import pyarrow as pa
-
         if self._pending:
             batch = pa.array(np.concatenate(self._pending))
             self._writer.write_batch(pa.record_batch([batch], schema=self.schema))
@@ -333,10 +321,17 @@ class SplitWriter:
         self._flush()
         self._writer.close()
         self._sink.close()
-        rel = posixpath.join(self.out, self._name)
-        size = self.ws.fs.get_file_info(self.ws.path(rel)).size
-        self.written.append(
-            {"name": self._name, **self._file, "sha256": sha256_file(self.ws, rel), "file_bytes": size}
-        )
+        index = index_name(self._name)
+        docs = pa.concat_tables(self._docs)
+        write_doc_index(self.ws, posixpath.join(self.out, index), docs, np.concatenate(self._doc_tokens))
+        for name in (self._name, index):
+            self.checksums[name] = file_entry(self.ws, posixpath.join(self.out, name))
+        sha256 = self.checksums[self._name]["sha256"]
+        self.written.append({"name": self._name, **self._file, "sha256": sha256, "doc_index": index})
         self._writer = self._sink = None
+        self._reset_file()
+
+    def _reset_file(self) -> None:
         self._file = {"tokens": 0, "docs": 0, "bytes": 0}
+        self._docs: list[Any] = []  # the open file's documents (DOC_COLUMNS), a table per add
+        self._doc_tokens: list[np.ndarray] = []

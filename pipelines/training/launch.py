@@ -299,16 +299,19 @@ def publish(
     checkpoint: Any,
     gate: Any | None,
     tags: dict[str, str] | None = None,
+    contamination: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The model into models/<run>/, MLflow (training run), the registry (with `tags` on the new
-    version, e.g. fine-tuning's lineage), and - with a registry.GateData - the champion gate."""
+    version, e.g. fine-tuning's lineage), and - with a registry.GateData - the champion gate, which
+    also weighs `contamination` (lineage.contamination.gate_input's) when given."""
     from pipelines.core.cache import staging_dir
 
     model_dir = Path(staging_dir("model-"))
     try:
         final = collect(checkpoint, model_dir)
         files = ctx.ws.upload_dir(model_dir, ctx.out)  # files first; the runner writes the manifest last
-        result = _register(ctx, launch, model_dir, DirRef(ctx.ws.full_uri(ctx.out), files), gate, tags)
+        published = DirRef(ctx.ws.full_uri(ctx.out), files)
+        result = _register(ctx, launch, model_dir, published, gate, tags, contamination)
         # The manifest's checksums, from the local copy: the runner need not read the upload back.
         result["files"] = {
             n: {"bytes": (model_dir / n).stat().st_size, "sha256": h} for n, h in files.items()
@@ -331,8 +334,9 @@ def publish(
     }
 
 
-def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tags) -> dict[str, Any]:
-    """Log the model to the training run, register a version, run the gate on the published copy."""
+def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tags, contamination) -> dict:
+    """Log the model (and the contamination figures) to the training run, register a version, run
+    the gate on the published copy."""
     import mlflow
 
     from pipelines.registry import models as registry
@@ -342,6 +346,8 @@ def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tag
     switch = active is None or active.info.run_id != run_id
     with mlflow.start_run(run_id=run_id, nested=active is not None) if switch else contextlib.nullcontext():
         model_uri = registry.log_model(model_dir)
+        if contamination is not None:
+            mlflow.log_metrics(contamination_metrics(contamination["figures"]))
     name = ctx.cfg.mlflow.registered_model
     tags = {
         "run_name": launch.name,
@@ -351,7 +357,9 @@ def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tag
         **(tags or {}),
     }
     version = registry.register(model_uri, name, tags)
-    decision = registry.champion_gate(name, version, published, gate) if gate is not None else None
+    decision = (
+        registry.champion_gate(name, version, published, gate, contamination) if gate is not None else None
+    )
     ctx.log(
         f"[{ctx.stage}] registered {name} version {version} ({registry.latest_uri(name)}){_verdict(decision)}"
     )
@@ -365,9 +373,17 @@ def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tag
     }
 
 
+def contamination_metrics(figures: dict[str, Any]) -> dict[str, float]:
+    """MLflow metric names for lineage.contamination.measure's figures."""
+    sets = {f"contamination.set.{name}": share for name, share in figures["sets"].items()}
+    return {"contamination.val": figures["val"], "contamination.max": figures["max"], **sets}
+
+
 def _verdict(decision: dict | None) -> str:
     if decision is None:
         return ""
     champion = "none" if decision["champion_bpb"] is None else f"{decision['champion_bpb']:.4f}"
+    if decision["refused"]:
+        return f"; champion not moved: {decision['refused']}"
     verdict = "is the new champion" if decision["promoted"] else "did not beat the champion"
     return f"; it {verdict} (val bpb {decision['candidate_bpb']:.4f} vs {champion})"

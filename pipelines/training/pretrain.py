@@ -175,6 +175,9 @@ def check_windows(manifest: dict, where: str, block_size: int, loop: LoopConfig,
 def pretrain_preflight(cfg: Config, ws: Workspace, inputs: dict[str, Published]) -> None:
     """At planning time (Runner.check, `--dry-run` too): published shards against the context and the
     batch. With train.init_from the context is the initial model's, checked once it is resolved."""
+    from pipelines.lineage.contamination import check_sets
+
+    check_sets(cfg.registry)
     shards = published_shards(cfg, ws, inputs)
     if shards is not None and not cfg.train.init_from:
         check_windows(*shards, cfg.model.resolved("block_size"), cfg.train, "train")
@@ -257,6 +260,7 @@ def stage_init(ctx: StageContext, loop: LoopConfig, init_dir: Path | None) -> Di
 # --- the stage -----------------------------------------------------------------------------------
 def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     from pipelines.core.cache import discard_staging
+    from pipelines.lineage.contamination import gate_input
     from pipelines.registry.models import GateData, gate_resources
     from pipelines.training.launch import prepare, publish, train
     from pipelines.training.task import PretrainTask
@@ -272,7 +276,9 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     launch = prepare(ctx, loop, "train", task, gpt, init_model, shards_dataset(shards))
     summary, checkpoint = train(launch, ctx.log)
     gate = GateData(shards.ref, shards.tokenizer, **gate_resources(loop))
-    result = publish(ctx, launch, summary, checkpoint, gate)
+    said = lambda line: ctx.log(f"[{ctx.stage}] {line}")  # noqa: E731
+    contamination = gate_input(shards.dir, shards.manifest, ctx.cfg.registry, ctx.cfg.corpus, said)
+    result = publish(ctx, launch, summary, checkpoint, gate, contamination=contamination)
     return {**result, "shards": shards.dir, "tokenizer_sha256": shards.tokenizer_sha256, "model": gpt}
 
 
