@@ -4,6 +4,7 @@ the workspace, and a failed worker's traceback on the console whatever the mode.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -70,14 +71,30 @@ def test_verbose_brings_the_library_output_back(user_chain):
 
 @pytest.mark.slow
 def test_a_terminal_shows_a_live_bar_that_ends_at_100_percent(user_chain):
+    """On a time budget, whose step count is an estimate until the end: the bar still ends at N/N,
+    the run says where its budget went, registers its model and decays its rate to the floor."""
+    import mlflow
+
     ws, corpus, _ = user_chain
-    args = pipeline_args(ws, corpus, "--stages", "pretrain", sets=("train.max_steps=8",))
+    args = pipeline_args(ws, corpus, "--stages", "pretrain", sets=("train.time_budget=20s",))
     output = run_on_a_terminal([sys.executable, *args])
     assert output.returncode == 0, output.text[-4000:]
-    final = [line for line in re.split(r"[\r\n]", output.text) if "[pretrain]" in line and "8/8" in line]
+    lines = re.split(r"[\r\n]", output.text)
+    final = [line for line in lines if re.search(r"\[pretrain\].* (\d+)/\1 ", line)]
     assert final, output.text[-4000:]
-    assert re.search(r"100%\|.*8/8 .*loss [\d.]+ .*tok/s.*val [\d.]+ \([\d.]+ bpb\)", final[-1]), final[-1]
+    assert re.search(r"100%\|.* (\d+)/\1 .*loss [\d.]+ .*tok/s.*val [\d.]+ \([\d.]+ bpb\)", final[-1]), final[
+        -1
+    ]
     assert not NOISE.search(output.text.replace("\x1b", ""))
+    [budget] = [line for line in lines if "[pretrain] time budget 20s: trained " in line]
+    assert re.search(r"\(steps [\d.]+s, evaluation [\d.]+s, checkpoints [\d.]+s, start-up [\d.]+s\)", budget)
+    assert any(re.search(r"\[pretrain\] registered gpt2-demo version \d+", line) for line in lines)
+    manifests = [json.loads(p.read_text()) for p in (ws / "models").glob("pretrain-*/manifest.json")]
+    [run] = [m for m in manifests if m["config"]["train"]["time_budget"] == "20s"]
+    history = mlflow.MlflowClient(f"sqlite:///{ws}/mlflow.db").get_metric_history(run["mlflow_run_id"], "lr")
+    floor, peak = 0.003 * 0.1, 0.003  # the chain's lr and the default min_lr_ratio
+    assert floor <= max(history, key=lambda m: m.step).value < floor + 0.25 * (peak - floor)
+    assert run["steps"] != 10  # not the chain's train.max_steps: the clock decided
 
 
 @pytest.mark.slow

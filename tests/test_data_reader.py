@@ -22,6 +22,20 @@ SHA = "ab" * 32
 BLOCK = 15  # windows of 16 tokens
 
 
+def named(first: int, count: int):
+    """The document index's columns for `count` documents numbered from `first`."""
+    import pyarrow as pa
+
+    numbers = range(first, first + count)
+    return pa.table(
+        {
+            "id": [f"{i:016x}" for i in numbers],
+            "source": ["docs.jsonl"] * count,
+            "source_id": [str(i) for i in numbers],
+        }
+    )
+
+
 def write_shards(root, splits: dict[str, int], vocab_size=60_000, first=0, shard_tokens=1500) -> str:
     """Shards whose split streams are first, first + 1, ..., in documents of random length."""
     rng = np.random.default_rng(0)
@@ -38,7 +52,8 @@ def write_shards(root, splits: dict[str, int], vocab_size=60_000, first=0, shard
         for block in range(0, len(lengths), 5):  # blocks of 5 documents, as the stage receives them
             start = ends[block - 1] if block else 0
             docs = lengths[block : block + 5]
-            writer.add(tokens[start : start + docs.sum()], docs, docs * 3)  # pretend 3 bytes per token
+            ids = named(block, len(docs))
+            writer.add(tokens[start : start + docs.sum()], ids, docs, docs * 3)  # pretend 3 bytes a token
         manifest["splits"][split] = writer.finish()
     ws.write_json("shards/manifest.json", manifest)
     return str(root / "shards")
@@ -211,8 +226,8 @@ def test_writer_closes_a_file_after_the_document_that_fills_it(tmp_path):
     lengths = np.array([700, 900, 100, 1600, 50, 50, 3000, 10])
     tokens = np.arange(lengths.sum()).astype(np.uint16)
     writer = SplitWriter(Workspace(str(tmp_path)), "shards", "train", "uint16", 1500)
-    writer.add(tokens[:1700], lengths[:3], lengths[:3] * 2)  # a block ends inside the second file
-    writer.add(tokens[1700:], lengths[3:], lengths[3:] * 2)
+    writer.add(tokens[:1700], named(0, 3), lengths[:3], lengths[:3] * 2)  # a block ends in the 2nd file
+    writer.add(tokens[1700:], named(3, 5), lengths[3:], lengths[3:] * 2)
     summary = writer.finish()
     files = [(f["name"], f["tokens"], f["docs"], f["bytes"]) for f in summary["files"]]
     assert files == [

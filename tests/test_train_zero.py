@@ -29,7 +29,7 @@ VARIANTS = {
     "zero3_offload_params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
     "zero2_bf16": {"zero_stage": 2, "precision": "bf16"},
     "zero3_bf16": {"zero_stage": 3, "precision": "bf16"},
-    "zero0_bf16": {"zero_stage": 0, "precision": "bf16"},  # DeepSpeed's DDP bf16 path (no ZeRO)
+    "zero1_bf16": {"zero_stage": 1, "precision": "bf16"},  # DeepSpeed's BF16_Optimizer (fp32 masters)
     "lora_zero2_bf16": {"zero_stage": 2, "precision": "bf16"},  # with LORA: frozen base weights
 }
 LORA = {"lora_zero2_bf16"}
@@ -155,10 +155,10 @@ def test_optimizer_and_parameter_offload_train_like_zero0(variants):
 
 
 @pytest.mark.slow
-def test_bf16_trains_on_cpu_with_and_without_zero(variants):
+def test_bf16_trains_on_cpu_at_every_zero_stage_it_is_allowed(variants):
     results, _ = variants
     reference = results["zero0"]["losses"]
-    for name in ("zero2_bf16", "zero0_bf16", "zero3_bf16"):
+    for name in ("zero1_bf16", "zero2_bf16", "zero3_bf16"):  # zero_stage 0: refused in bf16 (test_config)
         assert results[name]["precision"] == "bf16", name
         losses = results[name]["losses"]
         assert losses[-1] < losses[0] - 0.5, name

@@ -161,6 +161,9 @@ class LoopConfig(Section):
     micro_batch_size: int = Field(8, ge=1)  # sequences per worker per forward pass
     global_batch_size: int = Field(32, ge=1)  # sequences per optimizer step, all workers
     max_steps: int = Field(1000, ge=1)
+    # A wall-clock budget instead (90s, 10m, 2h, 1h30m): the run trains until it, the rate decays
+    # over the time, and the final evaluation and checkpoint fit inside (training/budget.py)
+    time_budget: str | None = None
     lr: float = Field(6e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(100, ge=0)
@@ -185,6 +188,15 @@ class LoopConfig(Section):
     @property
     def max_workers(self) -> int:
         return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+    @field_validator("time_budget")
+    @classmethod
+    def _a_duration(cls, value):
+        from pipelines.core.duration import parse_duration
+
+        if value is not None:
+            parse_duration(value)
+        return value
 
     @field_validator("num_workers")
     @classmethod

@@ -114,7 +114,9 @@ def process_documents(
             )
         # A read task's batches would leave it as one block, and a block goes to one task: cut them
         # into blocks of a few batches so that one large file still spreads over every worker.
-        ds = ds.repartition(target_num_rows_per_block=4 * cfg.batch_docs)
+        # Strict: exactly that many rows a block. Best-effort bundling cut where blocks happened to
+        # arrive together, so under load the same input gave other staging (so corpus) files.
+        ds = ds.repartition(target_num_rows_per_block=4 * cfg.batch_docs, strict=True)
         ds = ds.map_batches(
             process_batch,
             batch_format="pyarrow",

@@ -181,6 +181,7 @@ class Console:
                     ncols=None if sized else 100,
                 )
                 self.bars[progress["label"]] = bar
+            bar.total = progress["total"]  # a time budget's step count is an estimate that moves
             bar.update(progress["step"] - bar.n)
             bar.set_postfix_str(progress["postfix"], refresh=True)
             if progress["step"] >= progress["total"]:

@@ -28,6 +28,7 @@ class TrainState:
     mlflow_run_id: str | None = None
     best_val_loss: float | None = None  # early stopping: the best val loss so far ...
     evals_since_best: int = 0  # ... and the evaluations since it
+    train_seconds: float = 0.0  # training time up to this checkpoint, all attempts (training/budget.py)
 
     def record_eval(self, val_loss: float) -> None:
         if self.best_val_loss is None or val_loss < self.best_val_loss:

@@ -118,8 +118,9 @@ class Launch:
 
         from pipelines.training.engine import MODEL_DIR
 
-        if self.latest is None or self.latest[1] < self.spec.loop.max_steps:
-            return False
+        loop = self.spec.loop
+        if self.latest is None or (loop.time_budget is None and self.latest[1] < loop.max_steps):
+            return False  # (a run on a time budget ends at a step no config names)
         checkpoint = self.latest[0]
         info = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{MODEL_DIR}/config.json")
         return info.type == pafs.FileType.File
@@ -193,7 +194,8 @@ def prepare(
 
 
 def train(launch: Launch, log=print) -> tuple[dict[str, Any], Any]:
-    """(rank 0's summary, the final checkpoint): train to max_steps, unless that was done before."""
+    """(rank 0's summary, the final checkpoint): train to max_steps or the time budget, unless that
+    was done before."""
     if launch.finished:
         checkpoint, step = launch.latest
         log(f"[{launch.spec.label}] run {launch.name!r} finished at step {step} before: not training again")

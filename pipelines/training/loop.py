@@ -20,7 +20,9 @@ from typing import Any
 from pipelines.core.cache import staging_dir
 from pipelines.runtime.console import emit
 from pipelines.training import preemption
+from pipelines.training.budget import TimeBudget, budget_line, plan_for
 from pipelines.training.checkpoint import TrainState
+from pipelines.training.collectives import agree, everyone, rank0_says
 from pipelines.training.engine import (
     MODEL_DIR,
     LoopSpec,
@@ -90,6 +92,7 @@ class Worker:
         self.tokens_per_byte = spec.task.eval_tokens_per_byte()
         state, resumed = self._restore()
         self.state = state  # evaluations record early stopping in it, checkpoints save it
+        self.plan = plan_for(loop, state.train_seconds, started)  # when to stop; the rate
         start_step = state.step
         tick = time.perf_counter()
         self.metrics = self._metrics_log(state, fresh=not resumed) if rank == 0 else _NoMetrics()
@@ -97,12 +100,14 @@ class Worker:
         self._record_layout(state.step)
         if not resumed:
             self._eval_and_log(state.step)  # the starting point of the val curve
-        self.timing["setup_s"] = time.perf_counter() - started
-        if state.step < loop.max_steps and not self._stop_early():
+        self.timing["setup_s"] = time.perf_counter() - started - self.timing.get("eval_s", 0.0)
+        if not rank0_says(self.plan.done(state.step), self.device) and not self._stop_early():
             self._train(state, start_step)
         else:  # finished (or stopped early) before, but its last checkpoint lacks the model: write it now
             self._checkpoint(state, final=True)
         self.timing["worker_s"] = time.perf_counter() - started
+        if rank == 0 and isinstance(self.plan, TimeBudget):
+            emit(f"[{spec.label}] {budget_line(self.plan, self.timing)}")
         if rank != 0:
             return None
         return {
@@ -126,7 +131,7 @@ class Worker:
                     problem = None
                 except train_checkpoint.IncompleteCheckpoint as exc:
                     problem = str(exc)
-                if _everyone(problem is None, self.device):  # the ranks load the same checkpoint
+                if everyone(problem is None, self.device):  # the ranks load the same checkpoint
                     state, saved = train_checkpoint.restore(self.engine, directory, self.rank, self.source)
                     break
             self.skipped.append(checkpoint.path)
@@ -163,24 +168,28 @@ class Worker:
     def _train(self, state: TrainState, start_step: int) -> None:
         from gpt2core.config import GPTConfig
         from gpt2core.flops import flops_per_token
-        from gpt2core.optim import lr_at
 
         loop, rank = self.loop, self.rank
         flops = flops_per_token(GPTConfig.from_dict(self.spec.gpt), self.block_size)
         peak = self._peak_flops() if rank == 0 else None
-        progress = Progress(loop.max_steps, start_step, self.spec.label)
+        plan = self.plan
+        progress = Progress(plan.total_steps, start_step, self.spec.label)
         preemption.training_from(state.step)
         drained = False  # a drain notice checkpoints once; the run trains on until Ray restarts it
-        while state.step < loop.max_steps and not self._stop_early():
+        stop, share = False, plan.progress(state.step)
+        while not stop and not self._stop_early():
             tick = time.perf_counter()
-            lr = lr_at(state.step, loop.lr, loop.warmup_steps, loop.max_steps, loop.min_lr_ratio)
+            lr = plan.lr(state.step, share)
             loss, norm, digest = train_step(self.engine, self.source, loop.micro_batch_size, lr, self.device)
             state.step += 1
             state.tokens += self.tokens_per_step
             self._time_step(time.perf_counter() - tick, state.step - start_step)
             if self.spec.fault is not None:
                 self.spec.fault.maybe_fire(state.step, rank, preemption.wait_for_sigterm)
-            notice, digest = _agree(preemption.step_done(state.step), digest, self.device)
+            verdict = (plan.done(state.step), plan.progress(state.step)) if rank == 0 else (False, 0.0)
+            notice, digest, stop, share = agree(
+                preemption.step_done(state.step), digest, self.device, *verdict
+            )
             if rank == 0:
                 speed = self.tokens_per_step / (time.perf_counter() - tick)
                 self.step_metrics = {"loss": loss, "lr": lr, "tokens_per_s": speed}
@@ -193,13 +202,14 @@ class Worker:
                     "data_digest": digest,  # which windows this step saw: equal across layouts
                 }
                 self.metrics.log(state.step, {**self.step_metrics, **extra})
-            evaluated = state.step % loop.eval_interval == 0 or state.step == loop.max_steps
+            evaluated = state.step % loop.eval_interval == 0 or stop
             if evaluated:
                 self._eval_and_log(state.step)
-            last = state.step == loop.max_steps or self._stop_early()
-            if rank == 0 and last and state.step < loop.max_steps:
+            last = stop or self._stop_early()
+            if rank == 0 and last and not stop:
                 emit(f"[{self.spec.label}] early stop at step {state.step}: val loss did not improve")
             if rank == 0 and (state.step % loop.log_interval == 0 or evaluated):
+                progress.max_steps = plan.total_steps if not last else state.step
                 progress.report(state.step, {**self.step_metrics, **self._eval_metrics(evaluated)})
                 self.metrics.flush()
             preempted = notice == preemption.TERMINATING or (notice == preemption.DRAINING and not drained)
@@ -215,6 +225,8 @@ class Worker:
     def _time_step(self, seconds: float, steps_done: int) -> None:
         """Step timings for throughput: the first steps (warm-up: allocator, thread pools) apart."""
         self.timing.setdefault("first_step_end", time.time())
+        self.timing["steps_s"] = self.timing.get("steps_s", 0.0) + seconds
+        self.plan.step_took(seconds)
         if steps_done > WARMUP_STEPS:
             self.timing["steady_steps"] = self.timing.get("steady_steps", 0) + 1
             self.timing["steady_step_s"] = self.timing.get("steady_step_s", 0.0) + seconds
@@ -222,9 +234,14 @@ class Worker:
                 self.step_seconds.append(seconds)
 
     def _eval_and_log(self, step: int) -> None:
+        tick = time.perf_counter()
         result = evaluate_engine(
             self.engine, self.spec, self.rank, self.world_size, self.device, self.tokens_per_byte
         )
+        seconds = time.perf_counter() - tick
+        self.timing["eval_s"] = self.timing.get("eval_s", 0.0) + seconds
+        if hasattr(self, "plan"):
+            self.plan.evaluated(seconds)
         self.last_eval = {"step": step, **result.as_dict()}
         self.state.record_eval(result.loss)  # the same all-reduced loss on every rank
         self.metrics.log(step, result.metrics())
@@ -249,6 +266,7 @@ class Worker:
         from pipelines.training import checkpoint as train_checkpoint
 
         tick = time.perf_counter()
+        state.train_seconds = self.plan.clock()  # a resumed run's budget goes on from here
         extra = {
             "val": self.last_eval,
             "world_size": self.world_size,
@@ -278,7 +296,10 @@ class Worker:
             delete_local_checkpoint_after_upload=True,
         )
         kind = "final_checkpoint" if final else "checkpoint"  # the final one also consolidates
-        self.timing[f"{kind}_s"] = self.timing.get(f"{kind}_s", 0.0) + time.perf_counter() - tick
+        seconds = time.perf_counter() - tick
+        self.timing[f"{kind}_s"] = self.timing.get(f"{kind}_s", 0.0) + seconds
+        if not final:
+            self.plan.checkpointed(seconds)
         self.timing[f"{kind}s"] = self.timing.get(f"{kind}s", 0) + 1
 
     def _record_layout(self, step: int) -> None:
@@ -344,33 +365,6 @@ def _checkpoints_newest_first() -> list[Any]:
     if latest is not None and all(c.path != latest.path for c in found):
         found.insert(0, latest)
     return found
-
-
-def _agree(notice: int, digest: int, device) -> tuple[int, int]:
-    """Collective, once per step: (the strongest preemption notice of any rank, the step's data
-    digest over all ranks), in one small all-reduce."""
-    import torch
-
-    from gpt2core.data import DIGEST_MOD
-
-    values = [int(notice == preemption.TERMINATING), int(notice == preemption.DRAINING), digest]
-    if torch.distributed.is_initialized():
-        tensor = torch.tensor(values, dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(tensor)
-        values = tensor.tolist()
-    strongest = preemption.TERMINATING if values[0] else preemption.DRAINING if values[1] else preemption.NONE
-    return strongest, values[2] % DIGEST_MOD
-
-
-def _everyone(flag: bool, device) -> bool:
-    """Collective: the flag holds on every rank."""
-    import torch
-
-    if not torch.distributed.is_initialized():
-        return flag
-    value = torch.tensor([int(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    return bool(value.item())
 
 
 def _torch_threads() -> int:
