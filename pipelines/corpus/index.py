@@ -70,6 +70,11 @@ def check_compatible(ws: Workspace, corpus_dirs: list[str], cfg: CorpusConfig) -
 
 
 def write_part(ws: Workspace, index_dir: str, kind: str, part: int, columns: dict[str, np.ndarray]) -> None:
+    """One part file, its rows sorted by its flat columns (the first is the primary key): the rows
+    arrive in the order of the staging rows, which a busy cluster may change; the files may not."""
+    keys = [v for v in columns.values() if v.ndim == 1]
+    order = np.lexsort(keys[::-1]) if keys and len(keys[0]) else np.zeros(0, np.int64)
+    columns = {name: values[order] for name, values in columns.items()}
     arrays = {}
     for name, values in columns.items():
         if values.ndim == 2:  # signatures: one fixed-size list per row

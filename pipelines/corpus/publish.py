@@ -33,7 +33,9 @@ def publish_file(
     """`index_dirs`: where index/records of every document a duplicate may copy is (this build's
     index, written before, and the earlier corpora's); `parts`: their partition count."""
     ws = Workspace(ws_uri)
-    table = pq.read_table(ws.path(staging_rel), filesystem=ws.fs)
+    # By document id: Ray Data keeps a staging file's rows, but not always in input order (a busy
+    # cluster reordered them), and the published files must be the same bytes on every run.
+    table = pq.read_table(ws.path(staging_rel), filesystem=ws.fs).sort_by("key")
     like = {
         k: np.zeros(0, t)
         for k, t in (("key", np.int64), ("dup_of", np.int64), ("kind", np.int8), ("fidx", np.int64))
