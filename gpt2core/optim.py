@@ -28,10 +28,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def lr_at(step: int, max_lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup to max_lr over warmup_steps,
     cosine decay to max_lr * min_lr_ratio at max_steps, constant after."""
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return lr_at_progress(step, progress, max_lr, warmup_steps, min_lr_ratio)
+
+
+def lr_at_progress(
+    step: int, progress: float, max_lr: float, warmup_steps: int, min_lr_ratio: float
+) -> float:
+    """Linear warmup over the first warmup_steps steps, then the cosine at `progress` (the share of
+    the decay done, whatever measures it: steps, or a time budget's clock), the floor from 1 on."""
     min_lr = max_lr * min_lr_ratio
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
-    if step >= max_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (max_lr - min_lr)

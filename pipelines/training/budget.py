@@ -14,12 +14,11 @@ in the step's one all-reduce (collectives.agree): they stop at the same step wit
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass, field
 
-from gpt2core.optim import lr_at
+from gpt2core.optim import lr_at, lr_at_progress
 from pipelines.core.duration import parse_duration
 
 FINAL_CHECKPOINT_FACTOR = 2.0  # the final checkpoint also gathers and writes the whole model
@@ -74,10 +73,7 @@ class TimeBudget(StepBudget):
     checkpoint_s: float = 0.0
 
     def lr(self, step: int, progress: float) -> float:
-        if step < self.warmup_steps:
-            return self.max_lr * (step + 1) / self.warmup_steps
-        min_lr = self.max_lr * self.min_lr_ratio
-        return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (self.max_lr - min_lr)
+        return lr_at_progress(step, progress, self.max_lr, self.warmup_steps, self.min_lr_ratio)
 
     def reserve(self) -> float:
         """What the final evaluation and checkpoint will take."""
