@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 RESULTS = ROOT / "bench" / "results" / "bench_train.json"
 WARMUP = 3  # as pipelines.training.loop.WARMUP_STEPS
+PREPARED_VOCAB = 512  # the prepared workspace's tokenizer (a model may be built wider: bench_precision)
 
 
 def parse_args() -> argparse.Namespace:
@@ -107,7 +108,7 @@ def peak_flops(threads: int) -> float:
         torch.set_num_threads(before)
 
 
-def ray_deepspeed(args, gpt: dict, pw, work: Path) -> dict:
+def ray_deepspeed(args, gpt: dict, pw, work: Path, precision: str = "fp32") -> dict:
     """2 Ray Train workers x 1 CPU, the product's launcher and loop (checkpoints included)."""
     import ray
 
@@ -123,7 +124,7 @@ def ray_deepspeed(args, gpt: dict, pw, work: Path) -> dict:
         num_workers=2,
         cpus_per_worker=1,
         zero_stage=args.zero_stage,
-        precision="fp32",
+        precision=precision,
         micro_batch_size=args.micro_batch,
         global_batch_size=args.global_batch,
         max_steps=args.steps,
@@ -136,11 +137,12 @@ def ray_deepspeed(args, gpt: dict, pw, work: Path) -> dict:
         keep_checkpoints=2,
         max_failures=0,
     )
-    task = PretrainTask(str(pw.shards_dir), str(pw.tokenizer_dir), pw.tokenizer_sha256, gpt["vocab_size"])
+    task = PretrainTask(str(pw.shards_dir), str(pw.tokenizer_dir), pw.tokenizer_sha256, PREPARED_VOCAB)
     spec = LoopSpec(loop=loop, gpt=gpt, task=task, label="bench")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        summary, _ = fit(Launch(spec, "bench-train", Workspace(str(work)), "checkpoints/bench-train", None))
+        name = f"bench-train-{precision}"
+        summary, _ = fit(Launch(spec, name, Workspace(str(work)), f"checkpoints/{name}", None))
     finally:
         ray.shutdown()
     timing = summary["timing"]
@@ -152,10 +154,13 @@ def ray_deepspeed(args, gpt: dict, pw, work: Path) -> dict:
         "mfu": tokens_per_s * flops_per_token(config, config.block_size) / (2 * peak),
         "peak_gflops_per_worker": peak / 1e9,
         "submit_to_first_step_s": timing["submit_to_first_step_s"],
-        "checkpoint_s": timing["checkpoint_s"] / timing["checkpoints"],
+        "checkpoint_s": timing.get("checkpoint_s", 0.0) / max(timing.get("checkpoints", 0), 1),
         "final_checkpoint_s": timing["final_checkpoint_s"],  # + gathering the full fp32 weights
         "fit_s": timing["fit_s"],
         "torch_threads_per_worker": timing["torch_threads"],
+        "precision": summary["precision"],
+        "val_loss": summary["last_eval"]["loss"],
+        "val_step": summary["last_eval"]["step"],
         "load_avg_1min": os.getloadavg()[0],
     }
 
@@ -171,7 +176,7 @@ def main() -> int:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         pw = build_prepared_workspace(work / "data")  # the tests' small stdlib-docstring corpus
         ray.shutdown()
-        gpt = gpt_config(args, 512)
+        gpt = gpt_config(args, PREPARED_VOCAB)
         bare_runs = [bare_loop(args, gpt, str(pw.shards_dir))]
         distributed = ray_deepspeed(args, gpt, pw, work)
         bare_runs.append(bare_loop(args, gpt, str(pw.shards_dir)))

@@ -68,7 +68,8 @@ def _worker(rank, world, port, stage, precision, load_from, save_at, out, done):
         lr=LR,
         seed=1,
     )
-    engine, resolved = make_engine(LoopSpec(loop=loop, gpt=GPT, task=None), world, torch.device("cpu"))
+    engine, choice = make_engine(LoopSpec(loop=loop, gpt=GPT, task=None), world, torch.device("cpu"))
+    resolved = choice.precision
     step = 0
     if load_from:
         step = portable.load(engine, load_from)["step"]

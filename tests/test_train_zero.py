@@ -8,6 +8,9 @@ each variant's loss curve and consolidated weights for the test to compare.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +18,9 @@ from safetensors.torch import load_file
 
 from pipelines.config import LoopConfig
 from pipelines.errors import UserError
-from pipelines.training.deepspeed import check_combination, deepspeed_config, resolve_precision
+from pipelines.training.deepspeed import check_combination, deepspeed_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = 20
 BF16_STEPS = 12  # enough to show it trains along the fp32 curve
@@ -54,7 +59,7 @@ def train_variants(config: dict) -> None:
         loop = LoopConfig(**{**config["loop"], **overrides})
         lora = LoraConfig(rank=4) if name in LORA else None
         spec = LoopSpec(loop=loop, gpt=config["gpt"], task=task, lora=lora)
-        engine, precision = make_engine(spec, world, device)
+        engine, choice = make_engine(spec, world, device)
         source = task.train_source(rank, world, config["gpt"]["block_size"], loop.seed)
         losses, norms = [], []
         for _ in range(BF16_STEPS if loop.precision == "bf16" else STEPS):
@@ -64,7 +69,7 @@ def train_variants(config: dict) -> None:
         weights = consolidated_weights(engine, spec, rank)
         if rank == 0:
             save_file(weights, f"{config['out']}/{name}.safetensors")
-            results[name] = {"losses": losses, "norms": norms, "precision": precision}
+            results[name] = {"losses": losses, "norms": norms, "precision": choice.precision}
     if rank == 0:
         with open(f"{config['out']}/results.json", "w") as f:
             json.dump(results, f)
@@ -220,15 +225,6 @@ def test_deepspeed_config_follows_ours():
     assert deepspeed_config(loop(), 4, "fp32", "cpu")["gradient_accumulation_steps"] == 2
 
 
-def test_precision_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu():
-    assert resolve_precision("auto", "cuda", True) == "bf16"
-    assert resolve_precision("auto", "cuda", False) == "fp32"
-    assert resolve_precision("auto", "cpu", True) == "fp32"
-    assert resolve_precision("bf16", "cpu", True) == "bf16"
-    with pytest.raises(UserError, match="bf16"):
-        resolve_precision("bf16", "cuda", False)
-
-
 def deepspeeds_optimizer_path(config: dict) -> str | None:
     """DeepSpeed's own choice of optimizer wrapper for a config (its engine's sanity check, run on a
     bare engine holding only the parsed config): raises where initialize() would, for every rank."""
@@ -281,3 +277,34 @@ def test_combinations_deepspeed_rejects_are_one_line_errors(overrides, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")) as info:
         check_combination(loop(**overrides))
     assert "\n" not in str(info.value)
+
+
+ENGINE_START = """
+import os, sys, torch
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+torch.distributed.init_process_group("gloo")
+from pipelines.config import LoopConfig
+from pipelines.training.engine import LoopSpec, make_engine
+from tests.test_train_zero import ENGINE_GPT
+loop = LoopConfig(num_workers=1, zero_stage=1, precision="bf16", micro_batch_size=2, global_batch_size=2)
+engine, choice = make_engine(LoopSpec(loop=loop, gpt=ENGINE_GPT, task=None), 1, torch.device("cpu"))
+print("optimizer:", type(engine.optimizer).__name__)
+"""
+ENGINE_GPT = {"vocab_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}
+
+
+def test_deepspeeds_bf16_optimizer_starts_without_its_memory_reports():
+    """engine.lighten_deepspeed_start: DeepSpeed's bf16 optimizer would print memory reports, each
+    after a full garbage collection (1.8 s of a demo worker's start)."""
+    from pipelines.runtime.ray import free_port
+
+    done = subprocess.run(
+        [sys.executable, "-c", ENGINE_START, str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "optimizer: BF16_Optimizer" in done.stdout  # the path the memory reports were on
+    assert "begin bf16_optimizer" not in done.stdout and "CPU Virtual Memory" not in done.stdout

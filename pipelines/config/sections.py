@@ -157,7 +157,8 @@ class LoopConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = 1
     offload_optimizer: bool = False
     offload_params: bool = False
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it
+    # auto: bf16 on GPUs that have it and on CPUs whose bf16 matmuls measure faster (training/precision.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     micro_batch_size: int = Field(8, ge=1)  # sequences per worker per forward pass
     global_batch_size: int = Field(32, ge=1)  # sequences per optimizer step, all workers
     max_steps: int = Field(1000, ge=1)

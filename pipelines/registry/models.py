@@ -217,24 +217,44 @@ def _figures_of(data: Gate, candidate: str | DirRef, champion_uri: str | None, t
         return data.figures(as_local(candidate), champion_dir)
 
 
-def champion_gate(
-    name: str,
-    version: str,
-    candidate: str | DirRef,
-    data: Gate,
-    contamination: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluate the new version against the champion; move `champion` if it is better and, when
-    `contamination` is given ({"figures": lineage.contamination.measure's, "refused": why not, or
-    None}), clean enough. Returns the figures and the decision, also set as tags `gate.*` on the
-    new version."""
+@dataclass(frozen=True)
+class GateEvaluation:
+    """The gate's evaluation under way in a Ray task (start_gate): the candidate against the
+    champion of the moment it started."""
+
+    champion: Any  # the champion's ModelVersion, or None
+    figures: Any  # the Ray ObjectRef of gate figures
+
+
+def start_gate(name: str, candidate: str | DirRef, data: Gate) -> GateEvaluation:
+    """Start evaluating a published candidate against `name`'s champion, without waiting: the
+    caller logs and registers the model meanwhile (the evaluation needs only the model files)."""
     import mlflow
     import ray
 
     champion = current_champion(name)
     champion_uri = f"models:/{name}/{champion.version}" if champion is not None else None
     task = ray.remote(num_cpus=data.num_cpus, num_gpus=data.num_gpus)(_figures_of)
-    figures = ray.get(task.remote(data, candidate, champion_uri, mlflow.get_tracking_uri()))
+    return GateEvaluation(champion, task.remote(data, candidate, champion_uri, mlflow.get_tracking_uri()))
+
+
+def champion_gate(
+    name: str,
+    version: str,
+    candidate: str | DirRef,
+    data: Gate,
+    contamination: dict[str, Any] | None = None,
+    started: GateEvaluation | None = None,
+) -> dict[str, Any]:
+    """Evaluate the new version against the champion (or take the evaluation `started` for it);
+    move `champion` if it is better and, when `contamination` is given ({"figures":
+    lineage.contamination.measure's, "refused": why not, or None}), clean enough. Returns the
+    figures and the decision, also set as tags `gate.*` on the new version."""
+    import mlflow
+    import ray
+
+    started = started or start_gate(name, candidate, data)
+    champion, figures = started.champion, ray.get(started.figures)
     better = figures["champion_bpb"] is None or figures["candidate_bpb"] < figures["champion_bpb"]
     refused = (contamination or {}).get("refused")
     promote = better and refused is None

@@ -29,15 +29,6 @@ def check_combination(loop: LoopConfig, section: str = "train") -> None:
         )
 
 
-def resolve_precision(precision: str, device_type: str, bf16_supported: bool) -> str:
-    """'auto' -> bf16 on a GPU that has it, fp32 otherwise (bf16 matmuls are slow on most CPUs)."""
-    if precision == "auto":
-        return "bf16" if device_type == "cuda" and bf16_supported else "fp32"
-    if precision == "bf16" and not bf16_supported:
-        raise UserError(f"config key 'precision': bf16 is not supported on this {device_type} device")
-    return precision
-
-
 def gradient_accumulation_steps(loop: LoopConfig, world_size: int) -> int:
     return loop.global_batch_size // (loop.micro_batch_size * world_size)
 

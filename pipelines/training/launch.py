@@ -8,19 +8,14 @@ prepare()  checks DeepSpeed options and what the cluster can place, names the ru
 train()    runs the TorchTrainer (FailureConfig restarts lost workers from the last checkpoint, on
            fewer workers when `num_workers` is an elastic [min, max]) -
            or nothing, when the run's last checkpoint is already the finished one;
-publish()  copies the consolidated model out of the final checkpoint into the stage's output dir,
-           logs it to MLflow as a pyfunc model (into the run with the curves and the data
-           lineage), registers it and gates the `champion` alias; returns the manifest entries.
+then publish.py's publish() puts the model into the workspace, MLflow and the registry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import LoopConfig
@@ -272,120 +267,3 @@ def _one_line_cause(exc: BaseException) -> UserError | None:
             return RunFailed(f"training was preempted: {preempted}; submit the job again to resume from it")
     found = first_incurable(failures)
     return run_failed(*found, tracebacks=str(exc)) if found else None
-
-
-# --- publish -------------------------------------------------------------------------------------
-def collect(checkpoint: Any, out_dir: Path) -> dict[str, Any]:
-    """Copy the consolidated model out of the final checkpoint (only that: not the optimizer
-    states) into a local directory; rank 0's final training state."""
-    import json
-
-    import pyarrow.fs as pafs
-
-    from pipelines.training.checkpoint import rank_state_rel
-    from pipelines.training.engine import MODEL_DIR
-
-    fs, root = checkpoint.filesystem, checkpoint.path
-    if fs.get_file_info(f"{root}/{MODEL_DIR}/config.json").type != pafs.FileType.File:
-        raise RuntimeError(f"checkpoint {root} holds no consolidated model ({MODEL_DIR}/)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(f"{root}/{MODEL_DIR}", str(out_dir), source_filesystem=fs)
-    with fs.open_input_stream(f"{root}/{rank_state_rel(0)}", compression=None) as f:
-        return json.loads(f.read())
-
-
-def publish(
-    ctx: StageContext,
-    launch: Launch,
-    summary: dict,
-    checkpoint: Any,
-    gate: Any | None,
-    tags: dict[str, str] | None = None,
-    contamination: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The model into models/<run>/, MLflow (training run), the registry (with `tags` on the new
-    version, e.g. fine-tuning's lineage), and - with a registry.GateData - the champion gate, which
-    also weighs `contamination` (lineage.contamination.gate_input's) when given."""
-    from pipelines.core.cache import staging_dir
-
-    model_dir = Path(staging_dir("model-"))
-    try:
-        final = collect(checkpoint, model_dir)
-        files = ctx.ws.upload_dir(model_dir, ctx.out)  # files first; the runner writes the manifest last
-        published = DirRef(ctx.ws.full_uri(ctx.out), files)
-        result = _register(ctx, launch, model_dir, published, gate, tags, contamination)
-        # The manifest's checksums, from the local copy: the runner need not read the upload back.
-        result["files"] = {
-            n: {"bytes": (model_dir / n).stat().st_size, "sha256": h} for n, h in files.items()
-        }
-    finally:
-        shutil.rmtree(model_dir, ignore_errors=True)
-    return {
-        **result,
-        "run_name": launch.name,
-        "checkpoints": launch.rel,
-        "resumed_from_step": summary["start_step"],
-        "skipped_checkpoints": summary.get("skipped_checkpoints", []),
-        "steps": final["step"],
-        "tokens": final["tokens"],
-        "val": final["val"],
-        "precision": final["precision"],
-        "world_size": final["world_size"],
-        "grad_accum_steps": final["grad_accum_steps"],
-        "timing": {k: round(v, 3) for k, v in summary["timing"].items()},
-    }
-
-
-def _register(ctx, launch: Launch, model_dir: Path, published: DirRef, gate, tags, contamination) -> dict:
-    """Log the model (and the contamination figures) to the training run, register a version, run
-    the gate on the published copy."""
-    import mlflow
-
-    from pipelines.registry import models as registry
-
-    run_id = launch.spec.mlflow_run_id
-    active = mlflow.active_run()
-    switch = active is None or active.info.run_id != run_id
-    with mlflow.start_run(run_id=run_id, nested=active is not None) if switch else contextlib.nullcontext():
-        model_uri = registry.log_model(model_dir)
-        if contamination is not None:
-            mlflow.log_metrics(contamination_metrics(contamination["figures"]))
-    name = ctx.cfg.mlflow.registered_model
-    tags = {
-        "run_name": launch.name,
-        "stage": ctx.stage,
-        "mlflow_run_id": run_id or "",
-        registry.OUTPUT_TAG: published.uri,  # its manifest.json is there once the stage is done
-        **(tags or {}),
-    }
-    version = registry.register(model_uri, name, tags)
-    decision = (
-        registry.champion_gate(name, version, published, gate, contamination) if gate is not None else None
-    )
-    ctx.log(
-        f"[{ctx.stage}] registered {name} version {version} ({registry.latest_uri(name)}){_verdict(decision)}"
-    )
-    return {
-        "mlflow_run_id": run_id,
-        "model_uri": model_uri,
-        "registered_model": name,
-        "version": version,
-        "registered_uri": f"models:/{name}/{version}",
-        "champion": decision,
-    }
-
-
-def contamination_metrics(figures: dict[str, Any]) -> dict[str, float]:
-    """MLflow metric names for lineage.contamination.measure's figures."""
-    sets = {f"contamination.set.{name}": share for name, share in figures["sets"].items()}
-    return {"contamination.val": figures["val"], "contamination.max": figures["max"], **sets}
-
-
-def _verdict(decision: dict | None) -> str:
-    if decision is None:
-        return ""
-    champion = "none" if decision["champion_bpb"] is None else f"{decision['champion_bpb']:.4f}"
-    if decision["refused"]:
-        return f"; champion not moved: {decision['refused']}"
-    verdict = "is the new champion" if decision["promoted"] else "did not beat the champion"
-    return f"; it {verdict} (val bpb {decision['candidate_bpb']:.4f} vs {champion})"

@@ -84,7 +84,10 @@ class Worker:
     def run(self) -> dict[str, Any] | None:
         started = time.perf_counter()
         spec, loop, rank = self.spec, self.loop, self.rank
-        self.engine, self.precision = make_engine(spec, self.world_size, self.device)
+        self.engine, choice = make_engine(spec, self.world_size, self.device)
+        self.precision, self.precision_reason = choice.precision, choice.reason
+        if rank == 0 and loop.precision == "auto":  # it may differ between machines: say which
+            emit(f"[{spec.label}] precision {self.precision} ({choice.reason})")
         self.timing["engine_s"] = time.perf_counter() - started
         self.timing["torch_threads"] = _torch_threads()
         source = spec.task.train_source(rank, self.world_size, self.block_size, loop.seed)
@@ -113,6 +116,8 @@ class Worker:
         return {
             "start_step": start_step,
             "skipped_checkpoints": self.skipped,
+            "precision": self.precision,
+            "last_eval": self.last_eval,
             "timing": self.timing,
             "step_seconds": self.step_seconds,
         }
@@ -319,6 +324,7 @@ class Worker:
         if fresh and self.spec.params:
             resolved = {
                 "precision": self.precision,
+                "precision_reason": self.precision_reason,
                 "world_size": self.world_size,
                 "grad_accum_steps": self.engine.gradient_accumulation_steps(),
                 "tokens_per_step": self.tokens_per_step,

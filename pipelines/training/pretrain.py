@@ -262,7 +262,8 @@ def run_pretrain(ctx: StageContext) -> dict[str, Any]:
     from pipelines.core.cache import discard_staging
     from pipelines.lineage.contamination import gate_input
     from pipelines.registry.models import GateData, gate_resources
-    from pipelines.training.launch import prepare, publish, train
+    from pipelines.training.launch import prepare, train
+    from pipelines.training.publish import publish
     from pipelines.training.task import PretrainTask
 
     loop = ctx.cfg.train

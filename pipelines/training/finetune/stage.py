@@ -322,8 +322,9 @@ def data_dataset(prepared: Prepared) -> tuple:
 def run_finetune(ctx: StageContext) -> dict[str, Any]:
     from gpt2core.lora import LoraConfig
     from pipelines.core.cache import discard_staging
-    from pipelines.training.launch import prepare, publish, train
+    from pipelines.training.launch import prepare, train
     from pipelines.training.pretrain import init_config
+    from pipelines.training.publish import publish
 
     loop = ctx.cfg.finetune
     init = resolve_init_model(ctx)
