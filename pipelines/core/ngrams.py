@@ -79,6 +79,14 @@ class Ngrams(NamedTuple):
     offsets: np.ndarray  # int64, len(docs) + 1
     hashes: np.ndarray  # uint64
 
+    @classmethod
+    def of_texts(cls, texts: list[str], n: int, keep_bits: int) -> Ngrams:
+        """Texts' sampled hashes, as index/ngrams holds a corpus's (documents numbered 0, 1, ...)."""
+        samples = [sampled(ngram_hashes(text, n), keep_bits) for text in texts]
+        offsets = np.cumsum([0, *(len(h) for h in samples)], dtype=np.int64)
+        hashes = np.concatenate(samples) if samples else np.zeros(0, np.uint64)
+        return cls(np.arange(len(texts), dtype=np.int64), offsets, hashes.astype(np.uint64))
+
     def owners(self) -> np.ndarray:
         """For each hash, the position in `docs` of its document."""
         return np.repeat(np.arange(len(self.docs)), np.diff(self.offsets))

@@ -43,11 +43,8 @@ def measure(ws: Workspace, shards_rel: str, registry: RegistryConfig, corpus: Co
     val = ng.overlap_shares(table)[split == "val"]
     sets = {}
     for name, texts in eval_sets(registry.contamination_sets, corpus):
-        samples = [
-            ngrams.sampled(ngrams.ngram_hashes(t, settings["n"]), settings["keep_bits"]) for t in texts
-        ]
-        shares = [ngrams.contains(table, h).mean() if len(h) else 0.0 for h in samples]
-        sets[name] = float(np.mean(np.array(shares) >= limit))
+        shares = ngrams.Ngrams.of_texts(texts, settings["n"], settings["keep_bits"]).overlap_shares(table)
+        sets[name] = float(np.mean(shares >= limit))
     share = float(np.mean(val >= limit)) if len(val) else 0.0
     return {
         "n": settings["n"],
