@@ -285,12 +285,11 @@ os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WO
 torch.distributed.init_process_group("gloo")
 from pipelines.config import LoopConfig
 from pipelines.training.engine import LoopSpec, make_engine
-from tests.test_train_zero import ENGINE_GPT
+gpt = {"vocab_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}
 loop = LoopConfig(num_workers=1, zero_stage=1, precision="bf16", micro_batch_size=2, global_batch_size=2)
-engine, choice = make_engine(LoopSpec(loop=loop, gpt=ENGINE_GPT, task=None), 1, torch.device("cpu"))
+engine, choice = make_engine(LoopSpec(loop=loop, gpt=gpt, task=None), 1, torch.device("cpu"))
 print("optimizer:", type(engine.optimizer).__name__)
 """
-ENGINE_GPT = {"vocab_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}
 
 
 def test_deepspeeds_bf16_optimizer_starts_without_its_memory_reports():

@@ -85,7 +85,7 @@ class Ngrams(NamedTuple):
         samples = [sampled(ngram_hashes(text, n), keep_bits) for text in texts]
         offsets = np.cumsum([0, *(len(h) for h in samples)], dtype=np.int64)
         hashes = np.concatenate(samples) if samples else np.zeros(0, np.uint64)
-        return cls(np.arange(len(texts), dtype=np.int64), offsets, hashes.astype(np.uint64))
+        return cls(np.arange(len(texts), dtype=np.int64), offsets, hashes)
 
     def owners(self) -> np.ndarray:
         """For each hash, the position in `docs` of its document."""
